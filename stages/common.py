@@ -1,0 +1,232 @@
+"""What every stage does alike: read and validate params, write outputs atomically, hash files.
+
+Kept free of heavy imports (no pandas, no mlflow): every stage process pays for what is
+imported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+# Exit status of a stage that refused its input (sysexits EX_DATAERR). The Prefect flow
+# reads it to fail at once instead of retrying.
+EXIT_BAD_INPUT = 65
+
+log = logging.getLogger("stages")
+
+
+class BadInputError(ValueError):
+    """Input data or params that cannot be used; the message names the file, column or param."""
+
+
+# --------------------------------------------------------------------------- params schema
+
+_MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+def _month(value: str) -> str:
+    if not _MONTH_RE.match(value):
+        raise ValueError(f"expected a month as YYYY-MM (01-12), got {value!r}")
+    return value
+
+
+def check_month(value: str) -> str:
+    """A month string as the TLC names its files (YYYY-MM), or BadInputError."""
+    try:
+        return _month(value)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
+
+
+Month = Annotated[str, AfterValidator(_month)]
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[Split, ...] = ("train", "validation", "test")
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: `-S model.alhpa=0.05` must not silently do nothing.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    seed: int = Field(ge=0)
+    threads: int = Field(ge=1, le=256)
+
+
+class DataParams(_Section):
+    colour: Literal["green", "yellow"]
+    months: dict[Month, Split]
+    trips_url: str
+    zones_url: str
+
+    @model_validator(mode="after")
+    def _every_split_has_a_month(self) -> DataParams:
+        missing = [s for s in SPLITS if s not in self.months.values()]
+        if missing:
+            raise ValueError(f"months: no month is assigned to {', '.join(missing)}")
+        return self
+
+    def months_of(self, split: Split) -> list[str]:
+        return sorted(m for m, s in self.months.items() if s == split)
+
+
+class PrepareParams(_Section):
+    min_duration_minutes: float = Field(ge=0)
+    max_duration_minutes: float = Field(gt=0)
+    max_distance_miles: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> PrepareParams:
+        if self.min_duration_minutes >= self.max_duration_minutes:
+            raise ValueError("min_duration_minutes must be below max_duration_minutes")
+        return self
+
+
+class FeaturesParams(_Section):
+    min_pair_count: int = Field(ge=1)
+    clip_distance_miles: float = Field(gt=0)
+
+
+class XGBoostParams(_Section):
+    n_rounds: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, le=1)
+    max_depth: int = Field(ge=1, le=64)
+    min_child_weight: float = Field(ge=0)
+    subsample: float = Field(gt=0, le=1)
+    colsample_bytree: float = Field(gt=0, le=1)
+    max_cat_to_onehot: int = Field(ge=1)
+
+
+class ModelParams(_Section):
+    type: Literal["lasso", "ridge", "xgboost"]
+    alpha: float = Field(ge=0)
+    max_iter: int = Field(ge=1)
+    xgboost: XGBoostParams
+
+
+class EvaluateParams(_Section):
+    plot_every_nth: int = Field(ge=1)
+    distance_buckets_miles: list[float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _buckets_increase(self) -> EvaluateParams:
+        edges = self.distance_buckets_miles
+        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError("distance_buckets_miles must be strictly increasing")
+        return self
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "base": BaseParams,
+    "data": DataParams,
+    "prepare": PrepareParams,
+    "features": FeaturesParams,
+    "model": ModelParams,
+    "evaluate": EvaluateParams,
+}
+
+S = TypeVar("S", bound=_Section)
+
+
+def parse_section(name: str, raw: Any, path: Path = PARAMS_FILE) -> _Section:
+    """Validate one params section; the error names every offending key and what was expected."""
+    if name not in SECTIONS:
+        raise BadInputError(f"{path}: unknown params section {name!r}")
+    if raw is None:
+        raise BadInputError(f"{path}: section {name!r} is missing")
+    try:
+        return SECTIONS[name].model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join([name, *(str(p) for p in err["loc"])])
+            got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+            problems.append(f"{key}: {err['msg']}{got}")
+        raise BadInputError(f"{path}: invalid params:\n  " + "\n  ".join(problems)) from None
+
+
+def load_params(*sections: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read params.yaml and validate just the sections a stage declares in dvc.yaml.
+
+    Read with PyYAML rather than dvc.api: it is what `dvc exp run -S` edits, and importing dvc
+    would cost each stage about a second.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInputError(f"{path}: cannot read params: {exc}") from None
+    return {name: parse_section(name, raw.get(name), path) for name in sections}
+
+
+# --------------------------------------------------------------------------- files
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; move it into place only if the block succeeds.
+
+    DVC leaves partial files behind after a failed command, so no stage writes a declared
+    output in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The md5 DVC 3 records in dvc.lock for a file."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
+    """Run a stage's main(); bad input ends with one clear line and exit status 65."""
+    logging.basicConfig(
+        level=os.environ.get("PIPELINE_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        main(None)
+    except BadInputError as exc:
+        print(f"BAD INPUT in stage {name}: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def read_json(path: Path | str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path}: not readable JSON: {exc}") from None

@@ -1,0 +1,111 @@
+"""ingest: bring one raw TLC file (a month of trips, or the zone lookup) under DVC, unchanged.
+
+The bytes come from the TLC address in params.yaml, or from TLC_SOURCE when it is set: a
+local directory (a mirror holding the files by their TLC names) or another base URL. Where
+the bytes come from is not a param: the same file from either source is the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stages.common import (
+    BadInputError,
+    atomic_path,
+    check_month,
+    file_md5,
+    load_params,
+    run_stage,
+)
+from stages.tlc import check_trip_file, check_zone_file, trip_file_name
+
+SOURCE_ENV = "TLC_SOURCE"
+log = logging.getLogger("stages.ingest")
+
+
+def resolve_source(default_url: str, file_name: str, override: str | None) -> str:
+    """The address of `file_name`: under the override when given, else the params URL."""
+    if not override:
+        return default_url
+    if override.startswith(("http://", "https://")):
+        return f"{override.rstrip('/')}/{file_name}"
+    return str(Path(override.removeprefix("file://")).expanduser().resolve() / file_name)
+
+
+def fetch(source: str, dest: Path, attempts: int = 3, timeout_s: float = 60.0) -> None:
+    """Copy a local file or download a URL to `dest`; retries only network failures."""
+    if not source.startswith(("http://", "https://")):
+        if not Path(source).is_file():
+            raise BadInputError(f"{source}: no such file in the local source ({SOURCE_ENV})")
+        shutil.copyfile(source, dest)
+        return
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(source, timeout=timeout_s) as resp, open(dest, "wb") as fh:
+                shutil.copyfileobj(resp, fh, 1 << 20)
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise BadInputError(f"{source}: not published (HTTP 404)") from None
+            error: Exception = exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            error = exc
+        log.warning("download of %s failed (attempt %d/%d): %s", source, attempt, attempts, error)
+        if attempt < attempts:
+            time.sleep(2**attempt)
+    raise ConnectionError(f"{source}: download failed after {attempts} attempts: {error}")
+
+
+def check_published_sha256(source: str, path: Path) -> None:
+    """A local mirror may list SHA256SUMS beside its files; when it does, the copy must match."""
+    sums = Path(source).with_name("SHA256SUMS")
+    if source.startswith(("http://", "https://")) or not sums.is_file():
+        return
+    listed = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            listed[name.lstrip("*")] = digest  # sha256sum marks binary mode with '*'
+    expected = listed.get(Path(source).name)
+    if expected is None:
+        return
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise BadInputError(f"{source}: sha256 {actual} differs from {sums} ({expected})")
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("what", choices=["trips", "zones"])
+    parser.add_argument("--month", help="YYYY-MM, for trips")
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    data = load_params("data")["data"]
+    if args.what == "trips":
+        name = trip_file_name(data.colour, check_month(args.month or ""))
+        source = resolve_source(f"{data.trips_url.rstrip('/')}/{name}", name, os.environ.get(SOURCE_ENV))
+    else:
+        name = Path(data.zones_url).name
+        source = resolve_source(data.zones_url, name, os.environ.get(SOURCE_ENV))
+
+    with atomic_path(args.out) as tmp:
+        fetch(source, tmp)
+        check_published_sha256(source, tmp)
+        if args.what == "trips":
+            rows = check_trip_file(tmp, data.colour, source)
+        else:
+            rows = check_zone_file(tmp, source)
+    log.info("%s -> %s: %d rows, md5 %s", source, args.out, rows, file_md5(args.out))
+
+
+if __name__ == "__main__":
+    run_stage("ingest", main)

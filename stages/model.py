@@ -1,0 +1,163 @@
+"""The models: design matrices from feature tables, fitting, and safe (pickle-free) storage.
+
+A linear model is stored as plain JSON of its coefficients and the layout of its design
+matrix; an XGBoost model in XGBoost's own JSON format. Both load without executing code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from stages.common import BadInputError, ModelParams, atomic_path
+
+TARGET = "duration_minutes"
+LINEAR_TYPES = ("lasso", "ridge")
+# Categorical blocks of the linear model's one-hot design, and the numeric columns after them.
+NUMERIC_COLUMNS = ("trip_distance", "log_trip_distance")
+XGB_COLUMNS = (
+    "pickup_zone_code",
+    "dropoff_zone_code",
+    "pickup_borough_code",
+    "dropoff_borough_code",
+    "hour",
+    "weekday",
+    "trip_distance",
+)
+XGB_TYPES = ("c", "c", "c", "c", "q", "q", "q")
+
+
+def linear_blocks(encoders: dict) -> dict[str, int]:
+    """Each one-hot block and its width (code 0, unseen in training, has its own column)."""
+    n_zones = len(encoders["zones"]) + 1
+    return {
+        "pair_code": len(encoders["pairs"]) + 1,
+        "pickup_zone_code": n_zones,
+        "dropoff_zone_code": n_zones,
+        "hour_weekday": 24 * 7,
+    }
+
+
+def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
+    """One-hot blocks plus numeric columns, built straight into CSR arrays (int32 indices)."""
+    n = len(features)
+    block_codes = {
+        "pair_code": features["pair_code"].to_numpy(np.int64),
+        "pickup_zone_code": features["pickup_zone_code"].to_numpy(np.int64),
+        "dropoff_zone_code": features["dropoff_zone_code"].to_numpy(np.int64),
+        "hour_weekday": features["weekday"].to_numpy(np.int64) * 24 + features["hour"].to_numpy(),
+    }
+    widths = linear_blocks(encoders)
+    offsets = np.cumsum([0, *widths.values()])
+    n_cols = int(offsets[-1]) + len(NUMERIC_COLUMNS)
+    distance = features["trip_distance"].to_numpy(np.float64)
+    # Columns in increasing order within every row, so the CSR matrix is canonical.
+    indices = np.column_stack(
+        [codes + offsets[i] for i, codes in enumerate(block_codes.values())]
+        + [np.full(n, offsets[-1] + j) for j in range(len(NUMERIC_COLUMNS))]
+    ).astype(np.int32)
+    values = np.column_stack(
+        [np.ones((n, len(block_codes))), distance, np.log1p(distance)]
+    )
+    per_row = indices.shape[1]
+    indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int32)
+    return sparse.csr_matrix((values.ravel(), indices.ravel(), indptr), shape=(n, n_cols))
+
+
+def xgb_matrix(features: pd.DataFrame) -> np.ndarray:
+    return features[list(XGB_COLUMNS)].to_numpy(np.float32)
+
+
+def fit(features: pd.DataFrame, encoders: dict, params: ModelParams, seed: int, threads: int
+        ) -> dict[str, Any]:
+    """Fit the model params.type names; return it as a JSON-able document."""
+    y = features[TARGET].to_numpy(np.float64)
+    if params.type in LINEAR_TYPES:
+        from sklearn.linear_model import Lasso, Ridge
+        from threadpoolctl import threadpool_limits
+
+        if params.type == "lasso" and params.alpha == 0:
+            raise BadInputError("model.alpha must be > 0 for lasso (use ridge for no penalty)")
+        X = linear_design(features, encoders)
+        estimator = (
+            Lasso(alpha=params.alpha, max_iter=params.max_iter, selection="cyclic")
+            if params.type == "lasso"
+            else Ridge(alpha=params.alpha, solver="sparse_cg", max_iter=params.max_iter, tol=1e-6)
+        )
+        with threadpool_limits(threads):
+            estimator.fit(X, y)
+        return {
+            "type": params.type,
+            "alpha": params.alpha,
+            "blocks": linear_blocks(encoders),
+            "numeric": list(NUMERIC_COLUMNS),
+            "intercept": float(estimator.intercept_),
+            "coef": [float(c) for c in estimator.coef_],
+        }
+
+    import xgboost as xgb
+
+    xp = params.xgboost
+    dtrain = xgb.DMatrix(xgb_matrix(features), label=y, feature_names=list(XGB_COLUMNS),
+                         feature_types=list(XGB_TYPES), enable_categorical=True, nthread=threads)
+    booster = xgb.train(
+        {
+            "objective": "reg:squarederror",
+            "tree_method": "hist",
+            "learning_rate": xp.learning_rate,
+            "max_depth": xp.max_depth,
+            "min_child_weight": xp.min_child_weight,
+            "subsample": xp.subsample,
+            "colsample_bytree": xp.colsample_bytree,
+            "max_cat_to_onehot": xp.max_cat_to_onehot,
+            "seed": seed,
+            "nthread": threads,
+        },
+        dtrain,
+        num_boost_round=xp.n_rounds,
+    )
+    return {"type": "xgboost", "raw": bytes(booster.save_raw("json"))}
+
+
+def save(model: dict[str, Any], path: Path) -> None:
+    """Linear models as our JSON; XGBoost as its native JSON, loadable by xgboost alone."""
+    with atomic_path(path) as tmp:
+        if model["type"] == "xgboost":
+            tmp.write_bytes(model["raw"])
+        else:
+            tmp.write_text(json.dumps(model, separators=(",", ":")))
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_bytes()
+        document = json.loads(raw)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path}: not a model file written by train: {exc}") from None
+    if "learner" in document:
+        return {"type": "xgboost", "raw": raw}
+    if document.get("type") not in LINEAR_TYPES:
+        raise BadInputError(f"{path}: unknown model type {document.get('type')!r}")
+    return document
+
+
+def predict(model: dict[str, Any], features: pd.DataFrame, encoders: dict, threads: int
+            ) -> np.ndarray:
+    if model["type"] in LINEAR_TYPES:
+        if model["blocks"] != linear_blocks(encoders):
+            raise BadInputError("model and encoders disagree on the one-hot layout: retrain")
+        X = linear_design(features, encoders)
+        return X @ np.asarray(model["coef"]) + model["intercept"]
+
+    import xgboost as xgb
+
+    booster = xgb.Booster(params={"nthread": threads})
+    booster.load_model(bytearray(model["raw"]))
+    dmatrix = xgb.DMatrix(xgb_matrix(features), feature_names=list(XGB_COLUMNS),
+                          feature_types=list(XGB_TYPES), enable_categorical=True, nthread=threads)
+    return booster.predict(dmatrix).astype(np.float64)

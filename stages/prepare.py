@@ -1,0 +1,106 @@
+"""prepare: one raw month -> trips_clean with duration_minutes, and how many rows each rule dropped."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from stages.common import (
+    BadInputError,
+    PrepareParams,
+    atomic_path,
+    check_month,
+    load_params,
+    run_stage,
+    write_json,
+)
+from stages.tlc import check_trip_schema, trip_columns
+
+log = logging.getLogger("stages.prepare")
+CLEAN_COLUMNS = ["pickup_datetime", "pickup_zone", "dropoff_zone", "trip_distance", "duration_minutes"]
+
+
+def read_trips(path: Path, colour: str) -> pd.DataFrame:
+    """The columns the pipeline uses, under its own names."""
+    columns = trip_columns(colour)
+    try:
+        parquet = pq.ParquetFile(path)
+        check_trip_schema(parquet.schema_arrow, colour, str(path))
+        table = parquet.read(columns=list(columns))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
+    return table.rename_columns([columns[c] for c in table.column_names]).to_pandas()
+
+
+def drop_rules(trips: pd.DataFrame, month: str, params: PrepareParams) -> dict[str, np.ndarray]:
+    """Each cleaning rule as a boolean mask of the rows it rejects, in the order they apply."""
+    start = np.datetime64(f"{month}-01", "us")
+    end = (start.astype("datetime64[M]") + 1).astype("datetime64[us]")
+    pickup = trips["pickup_datetime"].to_numpy("datetime64[us]")
+    duration = trips["duration_minutes"].to_numpy()
+    distance = trips["trip_distance"].to_numpy()
+    return {
+        "missing_values": trips[["pickup_datetime", "pickup_zone", "dropoff_zone", "trip_distance",
+                                 "duration_minutes"]].isna().any(axis=1).to_numpy(),
+        "pickup_outside_month": (pickup < start) | (pickup >= end),
+        "duration_out_of_range": (duration < params.min_duration_minutes)
+        | (duration > params.max_duration_minutes),
+        "distance_not_positive": distance <= 0,
+        "distance_too_long": distance > params.max_distance_miles,
+    }
+
+
+def clean_trips(
+    trips: pd.DataFrame, month: str, params: PrepareParams
+) -> tuple[pd.DataFrame, dict]:
+    """Add duration_minutes, drop rejected rows; report rows dropped per rule (first rule wins)."""
+    trips = trips.assign(
+        duration_minutes=(trips["dropoff_datetime"] - trips["pickup_datetime"]).dt.total_seconds()
+        / 60.0
+    )
+    keep = np.ones(len(trips), dtype=bool)
+    dropped = {}
+    for rule, rejected in drop_rules(trips, month, params).items():
+        dropped[rule] = int(np.count_nonzero(keep & rejected))
+        keep &= ~rejected
+    clean = trips.loc[keep, CLEAN_COLUMNS].reset_index(drop=True)
+    clean["pickup_zone"] = clean["pickup_zone"].astype("int32")
+    clean["dropoff_zone"] = clean["dropoff_zone"].astype("int32")
+    report = {"month": month, "rows_in": len(trips), "dropped": dropped, "rows_out": len(clean)}
+    if clean.empty:
+        raise BadInputError(
+            f"month {month}: every one of {len(trips)} trips was filtered out "
+            f"(dropped per rule: {dropped}); check the file and the prepare params"
+        )
+    return clean, report
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--month", required=True)
+    parser.add_argument("--raw", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--quality", required=True, type=Path, help="data-quality metrics JSON")
+    args = parser.parse_args(argv)
+
+    params = load_params("data", "prepare")
+    month = check_month(args.month)
+    trips = read_trips(args.raw, params["data"].colour)
+    clean, report = clean_trips(trips, month, params["prepare"])
+
+    with atomic_path(args.out) as tmp:
+        clean.to_parquet(tmp, index=False, compression="zstd")
+    write_json(args.quality, report)
+    log.info("%s: %d -> %d trips, dropped %s", month, report["rows_in"], report["rows_out"],
+             report["dropped"])
+
+
+if __name__ == "__main__":
+    run_stage("prepare", main)

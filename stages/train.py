@@ -1,0 +1,47 @@
+"""train: the training months' features -> a model file (JSON, no pickle) and training metrics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages import model as models
+from stages.common import load_params, read_json, run_stage, write_json
+
+log = logging.getLogger("stages.train")
+
+
+def main(argv: list[str] | None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--features", required=True, type=Path)
+    parser.add_argument("--encoders", required=True, type=Path)
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    args = parser.parse_args(argv)
+
+    params = load_params("base", "model")
+    base, model_params = params["base"], params["model"]
+    features = pd.read_parquet(args.features)
+    encoders = read_json(args.encoders)
+
+    started = time.perf_counter()
+    model = models.fit(features, encoders, model_params, seed=base.seed, threads=base.threads)
+    fit_seconds = time.perf_counter() - started
+    residual = models.predict(model, features, encoders, base.threads) - features[models.TARGET]
+
+    models.save(model, args.model)
+    write_json(args.metrics, {
+        "model_type": model_params.type,
+        "train_rows": len(features),
+        "train_rmse": round(float(np.sqrt(np.mean(residual**2))), 6),
+    })
+    log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)
+
+
+if __name__ == "__main__":
+    run_stage("train", main)
