@@ -1,0 +1,28 @@
+# Two commands set up and run everything on a fresh machine: `make pipeline` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+# The offline TLC mirror beside the project, when it is there; otherwise the TLC address.
+TLC_SOURCE ?= $(abspath $(wildcard ../shared/nyc-taxi))
+export TLC_SOURCE
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+
+.PHONY: help env pipeline test test-fast lint bench
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+env: ## install uv if missing, then the locked environment (.venv, from uv.lock)
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv
+	@$(UV) sync --frozen --quiet
+
+pipeline: env ## run the whole pipeline on the real data (dvc repro: only what changed)
+	$(UV) run --frozen dvc repro
+
+test: env ## run every test, the slow end-to-end ones included
+	$(UV) run --frozen pytest -m "slow or not slow"
+
+test-fast: env ## run the unit tests only
+	$(UV) run --frozen pytest
+
+lint: env ## ruff lint and format check
+	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
