@@ -112,6 +112,7 @@ class XGBoostParams(_Section):
 
 
 class ModelParams(_Section):
+    registered_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     type: Literal["lasso", "ridge", "xgboost"]
     alpha: float = Field(ge=0)
     max_iter: int = Field(ge=1)
@@ -199,6 +200,42 @@ def write_json(path: Path | str, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json(path: Path | str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BadInputError(f"{path}: not readable JSON: {exc}") from None
+
+
+class StagedOutputs:
+    """A stage's outputs, written to temporary files and moved into place together at the end.
+
+    Nothing reaches a declared output path until the whole stage (its MLflow record
+    included) has succeeded.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[Path, Path] = {}
+
+    def path(self, target: Path | str) -> Path:
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        self.files[target] = Path(tmp)
+        return Path(tmp)
+
+    def commit(self) -> None:
+        for target, tmp in self.files.items():
+            os.replace(tmp, target)
+        self.files.clear()
+
+    def discard(self) -> None:
+        for tmp in self.files.values():
+            tmp.unlink(missing_ok=True)
+        self.files.clear()
+
+
 def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
     """The md5 DVC 3 records in dvc.lock for a file."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -223,10 +260,3 @@ def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
     except BadInputError as exc:
         print(f"BAD INPUT in stage {name}: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(EXIT_BAD_INPUT)
-
-
-def read_json(path: Path | str) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInputError(f"{path}: not readable JSON: {exc}") from None

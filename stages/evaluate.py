@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from stages import model as models
-from stages.common import EvaluateParams, atomic_path, load_params, read_json, run_stage, write_json
+from stages.common import EvaluateParams, load_params, read_json, run_stage, write_json
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.evaluate")
 EVAL_SPLITS = ("validation", "test")
@@ -32,15 +34,18 @@ def plot_tables(
 ) -> dict[str, pd.DataFrame]:
     """Rows for DVC plots: sampled predicted vs actual, and residuals by hour and distance."""
     actual = features[models.TARGET].to_numpy()
-    frame = pd.DataFrame({
-        "split": split,
-        "actual": actual.round(4),
-        "predicted": predicted.round(4),
-        "residual": (predicted - actual).round(4),
-        "hour": features["hour"].to_numpy(),
-        "distance_bucket": pd.cut(features["trip_distance"], params.distance_buckets_miles,
-                                  include_lowest=True).astype(str),
-    })
+    frame = pd.DataFrame(
+        {
+            "split": split,
+            "actual": actual.round(4),
+            "predicted": predicted.round(4),
+            "residual": (predicted - actual).round(4),
+            "hour": features["hour"].to_numpy(),
+            "distance_bucket": pd.cut(
+                features["trip_distance"], params.distance_buckets_miles, include_lowest=True
+            ).astype(str),
+        }
+    )
 
     def by(column: str) -> pd.DataFrame:
         grouped = frame.groupby(column, observed=True, sort=True)["residual"]
@@ -49,10 +54,45 @@ def plot_tables(
         return out.assign(split=split).round(4)
 
     return {
-        "predicted_vs_actual": frame.iloc[:: params.plot_every_nth][["split", "actual", "predicted"]],
+        "predicted_vs_actual": frame.iloc[:: params.plot_every_nth][
+            ["split", "actual", "predicted"]
+        ],
         "residuals_by_hour": by("hour"),
         "residuals_by_distance": by("distance_bucket"),
     }
+
+
+def render_pngs(tables: dict[str, pd.DataFrame], directory: Path) -> list[Path]:
+    """PNG versions of the DVC plots, for the MLflow runs (the UI shows images, not CSV)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    import matplotlib.pyplot as plt
+
+    paths = []
+    scatter = tables["predicted_vs_actual"]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for split, part in scatter.groupby("split"):
+        ax.scatter(part["actual"], part["predicted"], s=3, alpha=0.4, label=split)
+    ax.plot([0, 60], [0, 60], color="black", linewidth=0.8)
+    ax.set(xlabel="actual (min)", ylabel="predicted (min)", title="Predicted vs actual")
+    ax.legend()
+    paths.append(directory / "predicted_vs_actual.png")
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    for name, x in (("residuals_by_hour", "hour"), ("residuals_by_distance", "distance_bucket")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for split, part in tables[name].groupby("split"):
+            ax.plot(part[x].astype(str), part["rmse"], marker="o", label=split)
+        ax.set(xlabel=x, ylabel="RMSE (min)", title=f"RMSE by {x}")
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(directory / f"{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    return paths
 
 
 def main(argv: list[str] | None) -> None:
@@ -65,21 +105,26 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params("base", "evaluate")
-    encoders = read_json(args.encoders)
-    model = models.load(args.model)
-
-    metrics, tables = {}, {}
-    for split in EVAL_SPLITS:
-        features = pd.read_parquet(args.features.format(split=split))
-        predicted = models.predict(model, features, encoders, params["base"].threads)
-        metrics[split] = regression_metrics(features[models.TARGET].to_numpy(), predicted)
-        for name, table in plot_tables(split, features, predicted, params["evaluate"]).items():
-            tables.setdefault(name, []).append(table)
-
-    for name, parts in tables.items():
-        with atomic_path(args.plots.format(name=name)) as tmp:
-            pd.concat(parts, ignore_index=True).to_csv(tmp, index=False)
-    write_json(args.metrics, metrics)
+    feature_paths = {split: Path(args.features.format(split=split)) for split in EVAL_SPLITS}
+    inputs = [*feature_paths.values(), args.encoders, args.model]
+    with stage_run("evaluate", params, inputs=inputs) as run:
+        encoders = read_json(args.encoders)
+        model = models.load(args.model)
+        metrics, parts = {}, {}
+        for split, path in feature_paths.items():
+            features = pd.read_parquet(path)
+            predicted = models.predict(model, features, encoders, params["base"].threads)
+            metrics[split] = regression_metrics(features[models.TARGET].to_numpy(), predicted)
+            for name, table in plot_tables(split, features, predicted, params["evaluate"]).items():
+                parts.setdefault(name, []).append(table)
+        tables = {name: pd.concat(p, ignore_index=True) for name, p in parts.items()}
+        for name, table in tables.items():
+            table.to_csv(run.output(args.plots.format(name=name)), index=False)
+        write_json(run.output(args.metrics), metrics)
+        run.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as png_dir:
+            pngs = render_pngs(tables, Path(png_dir))
+            run.report_to(run.producer_of(args.model), pngs, "plots")
     log.info("%s", metrics)
 
 

@@ -17,11 +17,11 @@ from stages.common import (
     SPLITS,
     BadInputError,
     FeaturesParams,
-    atomic_path,
     load_params,
     run_stage,
     write_json,
 )
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.features")
 # pickup * PAIR_BASE + dropoff: a pair key that sorts and prints as the two zone ids.
@@ -36,7 +36,9 @@ def read_zones(path: Path) -> pd.DataFrame:
 
 def fit_encoders(train: pd.DataFrame, zones: pd.DataFrame, params: FeaturesParams) -> dict:
     """Vocabularies of zones, boroughs and frequent pickup-dropoff pairs, from training trips."""
-    pair_keys = train["pickup_zone"].to_numpy(np.int64) * PAIR_BASE + train["dropoff_zone"].to_numpy()
+    pair_keys = (
+        train["pickup_zone"].to_numpy(np.int64) * PAIR_BASE + train["dropoff_zone"].to_numpy()
+    )
     keys, counts = np.unique(pair_keys, return_counts=True)
     frequent = keys[counts >= params.min_pair_count]
     zones = zones.sort_values("LocationID")
@@ -84,7 +86,7 @@ def encode(trips: pd.DataFrame, encoders: dict) -> pd.DataFrame:
             "pickup_borough_code": zone_to_borough[pickup_code],
             "dropoff_borough_code": zone_to_borough[dropoff_code],
             "hour": when.hour.to_numpy(np.int8),
-            "weekday": when.dayofweek.to_numpy(np.int8),
+            "weekday": when.day_of_week.to_numpy(np.int8),
             "trip_distance": np.minimum(
                 trips["trip_distance"].to_numpy(np.float64), encoders["clip_distance_miles"]
             ),
@@ -93,14 +95,11 @@ def encode(trips: pd.DataFrame, encoders: dict) -> pd.DataFrame:
     )
 
 
-def read_split(pattern: str, months: list[str]) -> pd.DataFrame:
-    frames = []
-    for month in months:
-        path = Path(pattern.format(month=month))
+def read_split(paths: list[Path]) -> pd.DataFrame:
+    for path in paths:
         if not path.is_file():
-            raise BadInputError(f"{path}: cleaned trips of month {month} not found (run prepare)")
-        frames.append(pd.read_parquet(path))
-    return pd.concat(frames, ignore_index=True)
+            raise BadInputError(f"{path}: cleaned trips not found (run prepare)")
+    return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
 
 
 def main(argv: list[str] | None) -> None:
@@ -112,17 +111,29 @@ def main(argv: list[str] | None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params("data", "features")
-    data = params["data"]
-    splits = {split: read_split(args.clean, data.months_of(split)) for split in SPLITS}
-    encoders = fit_encoders(splits["train"], read_zones(args.zones), params["features"])
-
-    tables = {split: encode(trips, encoders) for split, trips in splits.items()}
-    for split, table in tables.items():
-        with atomic_path(args.out.format(split=split)) as tmp:
-            table.to_parquet(tmp, index=False, compression="zstd")
-    write_json(args.encoders, encoders)
-    log.info("rows %s; %d pickup-dropoff pairs in the vocabulary",
-             {s: len(t) for s, t in tables.items()}, len(encoders["pairs"]))
+    clean_paths = {
+        split: [Path(args.clean.format(month=m)) for m in params["data"].months_of(split)]
+        for split in SPLITS
+    }
+    inputs = [path for paths in clean_paths.values() for path in paths] + [args.zones]
+    with stage_run("features", params, inputs=inputs) as run:
+        splits = {split: read_split(paths) for split, paths in clean_paths.items()}
+        encoders = fit_encoders(splits["train"], read_zones(args.zones), params["features"])
+        tables = {split: encode(trips, encoders) for split, trips in splits.items()}
+        for split, table in tables.items():
+            table.to_parquet(
+                run.output(args.out.format(split=split)), index=False, compression="zstd"
+            )
+        write_json(run.output(args.encoders), encoders)
+        run.log_metrics(
+            {f"{s}_rows": len(t) for s, t in tables.items()}
+            | {"vocabulary_pairs": len(encoders["pairs"])}
+        )
+    log.info(
+        "rows %s; %d pickup-dropoff pairs in the vocabulary",
+        {s: len(t) for s, t in tables.items()},
+        len(encoders["pairs"]),
+    )
 
 
 if __name__ == "__main__":

@@ -17,15 +17,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stages.common import (
-    BadInputError,
-    atomic_path,
-    check_month,
-    file_md5,
-    load_params,
-    run_stage,
-)
+from stages.common import BadInputError, check_month, load_params, run_stage
 from stages.tlc import check_trip_file, check_zone_file, trip_file_name
+from stages.tracking import stage_run
 
 SOURCE_ENV = "TLC_SOURCE"
 log = logging.getLogger("stages.ingest")
@@ -89,22 +83,29 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    data = load_params("data")["data"]
+    params = load_params("data")
+    data = params["data"]
     if args.what == "trips":
-        name = trip_file_name(data.colour, check_month(args.month or ""))
-        source = resolve_source(f"{data.trips_url.rstrip('/')}/{name}", name, os.environ.get(SOURCE_ENV))
+        month = check_month(args.month or "")
+        stage, name = f"ingest@{month}", trip_file_name(data.colour, month)
+        source = resolve_source(
+            f"{data.trips_url.rstrip('/')}/{name}", name, os.environ.get(SOURCE_ENV)
+        )
     else:
-        name = Path(data.zones_url).name
+        stage, name = "ingest_zones", Path(data.zones_url).name
         source = resolve_source(data.zones_url, name, os.environ.get(SOURCE_ENV))
 
-    with atomic_path(args.out) as tmp:
-        fetch(source, tmp)
-        check_published_sha256(source, tmp)
+    with stage_run(stage, params) as run:
+        raw = run.output(args.out)
+        fetch(source, raw)
+        check_published_sha256(source, raw)
         if args.what == "trips":
-            rows = check_trip_file(tmp, data.colour, source)
+            rows = check_trip_file(raw, data.colour, source)
         else:
-            rows = check_zone_file(tmp, source)
-    log.info("%s -> %s: %d rows, md5 %s", source, args.out, rows, file_md5(args.out))
+            rows = check_zone_file(raw, source)
+        run.add_source(args.out, source)
+        run.log_metrics({"rows": rows})
+    log.info("%s -> %s: %d rows", source, args.out, rows)
 
 
 if __name__ == "__main__":

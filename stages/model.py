@@ -61,9 +61,7 @@ def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
         [codes + offsets[i] for i, codes in enumerate(block_codes.values())]
         + [np.full(n, offsets[-1] + j) for j in range(len(NUMERIC_COLUMNS))]
     ).astype(np.int32)
-    values = np.column_stack(
-        [np.ones((n, len(block_codes))), distance, np.log1p(distance)]
-    )
+    values = np.column_stack([np.ones((n, len(block_codes))), distance, np.log1p(distance)])
     per_row = indices.shape[1]
     indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int32)
     return sparse.csr_matrix((values.ravel(), indices.ravel(), indptr), shape=(n, n_cols))
@@ -73,8 +71,9 @@ def xgb_matrix(features: pd.DataFrame) -> np.ndarray:
     return features[list(XGB_COLUMNS)].to_numpy(np.float32)
 
 
-def fit(features: pd.DataFrame, encoders: dict, params: ModelParams, seed: int, threads: int
-        ) -> dict[str, Any]:
+def fit(
+    features: pd.DataFrame, encoders: dict, params: ModelParams, seed: int, threads: int
+) -> dict[str, Any]:
     """Fit the model params.type names; return it as a JSON-able document."""
     y = features[TARGET].to_numpy(np.float64)
     if params.type in LINEAR_TYPES:
@@ -103,8 +102,14 @@ def fit(features: pd.DataFrame, encoders: dict, params: ModelParams, seed: int, 
     import xgboost as xgb
 
     xp = params.xgboost
-    dtrain = xgb.DMatrix(xgb_matrix(features), label=y, feature_names=list(XGB_COLUMNS),
-                         feature_types=list(XGB_TYPES), enable_categorical=True, nthread=threads)
+    dtrain = xgb.DMatrix(
+        xgb_matrix(features),
+        label=y,
+        feature_names=list(XGB_COLUMNS),
+        feature_types=list(XGB_TYPES),
+        enable_categorical=True,
+        nthread=threads,
+    )
     booster = xgb.train(
         {
             "objective": "reg:squarederror",
@@ -146,8 +151,9 @@ def load(path: Path) -> dict[str, Any]:
     return document
 
 
-def predict(model: dict[str, Any], features: pd.DataFrame, encoders: dict, threads: int
-            ) -> np.ndarray:
+def predict(
+    model: dict[str, Any], features: pd.DataFrame, encoders: dict, threads: int
+) -> np.ndarray:
     if model["type"] in LINEAR_TYPES:
         if model["blocks"] != linear_blocks(encoders):
             raise BadInputError("model and encoders disagree on the one-hot layout: retrain")
@@ -158,6 +164,11 @@ def predict(model: dict[str, Any], features: pd.DataFrame, encoders: dict, threa
 
     booster = xgb.Booster(params={"nthread": threads})
     booster.load_model(bytearray(model["raw"]))
-    dmatrix = xgb.DMatrix(xgb_matrix(features), feature_names=list(XGB_COLUMNS),
-                          feature_types=list(XGB_TYPES), enable_categorical=True, nthread=threads)
+    dmatrix = xgb.DMatrix(
+        xgb_matrix(features),
+        feature_names=list(XGB_COLUMNS),
+        feature_types=list(XGB_TYPES),
+        enable_categorical=True,
+        nthread=threads,
+    )
     return booster.predict(dmatrix).astype(np.float64)

@@ -1,4 +1,4 @@
-"""prepare: one raw month -> trips_clean with duration_minutes, and how many rows each rule dropped."""
+"""prepare: one raw month -> clean trips with duration_minutes, and rows dropped per rule."""
 
 from __future__ import annotations
 
@@ -13,16 +13,22 @@ import pyarrow.parquet as pq
 from stages.common import (
     BadInputError,
     PrepareParams,
-    atomic_path,
     check_month,
     load_params,
     run_stage,
     write_json,
 )
 from stages.tlc import check_trip_schema, trip_columns
+from stages.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
-CLEAN_COLUMNS = ["pickup_datetime", "pickup_zone", "dropoff_zone", "trip_distance", "duration_minutes"]
+CLEAN_COLUMNS = [
+    "pickup_datetime",
+    "pickup_zone",
+    "dropoff_zone",
+    "trip_distance",
+    "duration_minutes",
+]
 
 
 def read_trips(path: Path, colour: str) -> pd.DataFrame:
@@ -47,8 +53,12 @@ def drop_rules(trips: pd.DataFrame, month: str, params: PrepareParams) -> dict[s
     duration = trips["duration_minutes"].to_numpy()
     distance = trips["trip_distance"].to_numpy()
     return {
-        "missing_values": trips[["pickup_datetime", "pickup_zone", "dropoff_zone", "trip_distance",
-                                 "duration_minutes"]].isna().any(axis=1).to_numpy(),
+        "missing_values": trips[
+            ["pickup_datetime", "pickup_zone", "dropoff_zone", "trip_distance", "duration_minutes"]
+        ]
+        .isna()
+        .any(axis=1)
+        .to_numpy(),
         "pickup_outside_month": (pickup < start) | (pickup >= end),
         "duration_out_of_range": (duration < params.min_duration_minutes)
         | (duration > params.max_duration_minutes),
@@ -92,14 +102,19 @@ def main(argv: list[str] | None) -> None:
 
     params = load_params("data", "prepare")
     month = check_month(args.month)
-    trips = read_trips(args.raw, params["data"].colour)
-    clean, report = clean_trips(trips, month, params["prepare"])
-
-    with atomic_path(args.out) as tmp:
-        clean.to_parquet(tmp, index=False, compression="zstd")
-    write_json(args.quality, report)
-    log.info("%s: %d -> %d trips, dropped %s", month, report["rows_in"], report["rows_out"],
-             report["dropped"])
+    with stage_run(f"prepare@{month}", params, inputs=[args.raw]) as run:
+        trips = read_trips(args.raw, params["data"].colour)
+        clean, report = clean_trips(trips, month, params["prepare"])
+        clean.to_parquet(run.output(args.out), index=False, compression="zstd")
+        write_json(run.output(args.quality), report)
+        run.log_metrics(report)
+    log.info(
+        "%s: %d -> %d trips, dropped %s",
+        month,
+        report["rows_in"],
+        report["rows_out"],
+        report["dropped"],
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pandas as pd
 
 from stages import model as models
 from stages.common import load_params, read_json, run_stage, write_json
+from stages.tracking import lock_lineage, stage_run
 
 log = logging.getLogger("stages.train")
 
@@ -26,20 +27,31 @@ def main(argv: list[str] | None) -> None:
 
     params = load_params("base", "model")
     base, model_params = params["base"], params["model"]
-    features = pd.read_parquet(args.features)
-    encoders = read_json(args.encoders)
-
-    started = time.perf_counter()
-    model = models.fit(features, encoders, model_params, seed=base.seed, threads=base.threads)
-    fit_seconds = time.perf_counter() - started
-    residual = models.predict(model, features, encoders, base.threads) - features[models.TARGET]
-
-    models.save(model, args.model)
-    write_json(args.metrics, {
-        "model_type": model_params.type,
-        "train_rows": len(features),
-        "train_rmse": round(float(np.sqrt(np.mean(residual**2))), 6),
-    })
+    with stage_run("train", params, inputs=[args.features, args.encoders]) as run:
+        features = pd.read_parquet(args.features)
+        encoders = read_json(args.encoders)
+        started = time.perf_counter()
+        model = models.fit(features, encoders, model_params, seed=base.seed, threads=base.threads)
+        fit_seconds = time.perf_counter() - started
+        residual = models.predict(model, features, encoders, base.threads) - features[models.TARGET]
+        metrics = {
+            "model_type": model_params.type,
+            "train_rows": len(features),
+            "train_rmse": round(float(np.sqrt(np.mean(residual**2))), 6),
+        }
+        models.save(model, run.output(args.model))
+        write_json(run.output(args.metrics), metrics)
+        run.log_metrics(metrics | {"fit_seconds": fit_seconds})
+        run.register_model(
+            args.model,
+            args.encoders,
+            model_params.registered_name,
+            tags={
+                "model_type": model_params.type,
+                **lock_lineage(),
+                **{f"in/{p}": h for p, h in run.inputs.items()},
+            },
+        )
     log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)
 
 
