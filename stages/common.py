@@ -25,12 +25,18 @@ PARAMS_FILE = Path("params.yaml")
 # Exit status of a stage that refused its input (sysexits EX_DATAERR). The Prefect flow
 # reads it to fail at once instead of retrying.
 EXIT_BAD_INPUT = 65
+# Exit status of a stage that failed for a reason worth retrying (sysexits EX_TEMPFAIL).
+EXIT_TRANSIENT = 75
 
 log = logging.getLogger("stages")
 
 
 class BadInputError(ValueError):
     """Input data or params that cannot be used; the message names the file, column or param."""
+
+
+class TransientError(RuntimeError):
+    """A failure that may pass: an unreachable tracking store or download source."""
 
 
 # --------------------------------------------------------------------------- params schema
@@ -260,3 +266,6 @@ def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
     except BadInputError as exc:
         print(f"BAD INPUT in stage {name}: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(EXIT_BAD_INPUT)
+    except TransientError as exc:
+        print(f"TRANSIENT FAILURE in stage {name}: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(EXIT_TRANSIENT)

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stages.common import BadInputError, check_month, load_params, run_stage
+from stages.common import BadInputError, TransientError, check_month, load_params, run_stage
 from stages.tlc import check_trip_file, check_zone_file, trip_file_name
 from stages.tracking import stage_run
 
@@ -55,7 +55,7 @@ def fetch(source: str, dest: Path, attempts: int = 3, timeout_s: float = 60.0) -
         log.warning("download of %s failed (attempt %d/%d): %s", source, attempt, attempts, error)
         if attempt < attempts:
             time.sleep(2**attempt)
-    raise ConnectionError(f"{source}: download failed after {attempts} attempts: {error}")
+    raise TransientError(f"{source}: download failed after {attempts} attempts: {error}")
 
 
 def check_published_sha256(source: str, path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.common import BadInputError, StagedOutputs, file_md5
+from stages.common import BadInputError, StagedOutputs, TransientError, file_md5
 
 log = logging.getLogger("stages.tracking")
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -45,7 +45,7 @@ CONNECT_ATTEMPTS = 3
 MODEL_REQUIREMENTS = ["numpy", "pandas", "scipy", "xgboost", "pyarrow"]
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(TransientError):
     """The MLflow tracking store did not answer: a transient failure, worth a retry."""
 
 

@@ -44,8 +44,9 @@ def small_tlc(shared_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return mirror
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
-        timeout: float = 600) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run a command; on an unexpected failure show its output in the test report."""
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -1,0 +1,260 @@
+"""MLflow lineage: real `dvc repro` in a temporary git repo, logging to a real `mlflow server`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.lineage import lock_outputs
+from stages.tracking import flatten, lock_lineage, pipeline_run_id, project_root
+from tests.conftest import MONTHS, run, sample_month
+
+MODEL = "nyc-taxi-trip-duration-minutes"
+
+
+# --------------------------------------------------------------------------- unit
+
+
+def test_flatten_nests_keys_with_dots():
+    assert flatten("", {"model": {"alpha": 1.0, "xgboost": {"n_rounds": 3}}}) == {
+        "model.alpha": 1.0,
+        "model.xgboost.n_rounds": 3,
+    }
+
+
+def test_project_root_of_a_dvc_temporary_experiment_workspace(tmp_path):
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    workspace.mkdir(parents=True)
+    assert project_root(workspace) == tmp_path / "repo"
+
+
+def test_pipeline_run_id_from_environment(monkeypatch):
+    monkeypatch.setenv("PIPELINE_RUN_ID", "flow-123")
+    assert pipeline_run_id() == "flow-123"
+
+
+def test_lock_lineage_lists_raw_files_and_lock_md5(tmp_path):
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "ingest@2025-01": {"outs": [{"path": "data/raw/a.parquet", "md5": "aa"}]},
+            "features": {"outs": [{"path": "data/features/train.parquet", "md5": "ff"}]},
+        },
+    }
+    path = tmp_path / "dvc.lock"
+    path.write_text(yaml.safe_dump(lock))
+    tags = lock_lineage(path)
+    assert tags["raw/data/raw/a.parquet"] == "aa"
+    assert "raw/data/features/train.parquet" not in tags
+    assert tags["dvc_lock_md5"] == hashlib.md5(path.read_bytes()).hexdigest()
+    assert lock_outputs(path.read_text())["data/features/train.parquet"] == "ff"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite backend, artifacts on local disk) on loopback."""
+    home = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{home / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(home / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=open(home / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{(home / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def _trace(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "flows.trace", *args], repo, dict(os.environ), check=check)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _raw_md5s(trace_json: dict) -> dict[str, str]:
+    """Raw file name -> md5, from the chain a trace printed."""
+    found: dict[str, str] = {}
+
+    def walk(node: dict) -> None:
+        producer = node.get("producer")
+        if producer is None:
+            return
+        if producer["stage"].startswith("ingest"):
+            found[Path(node["path"]).name] = node["md5"]
+        for child in producer["inputs"]:
+            walk(child)
+
+    walk(trace_json["lineage"]["model"])
+    return found
+
+
+@pytest.mark.slow
+def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(project)
+    env = dict(os.environ)
+    client = MlflowClient(mlflow_server, mlflow_server)
+
+    # Model 1: the sampled months, default params.
+    run(["dvc", "repro"], project, env)
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "model 1"], project, env)
+    lock = lock_outputs((project / "dvc.lock").read_text())
+
+    experiment = client.get_experiment_by_name("taxi-trip-duration")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    stages = {r.data.tags["stage"]: r for r in runs}
+    assert {"ingest_zones", "features", "train", "evaluate"} <= set(stages)
+    assert {f"prepare@{m}" for m in MONTHS} <= set(stages)
+    # One dvc repro = one pipeline execution, grouped by one tag.
+    assert len({r.data.tags["pipeline_run_id"] for r in runs}) == 1
+    # Every recorded hash is the md5 dvc.lock holds for the same path.
+    for stage_run in runs:
+        for key, md5 in stage_run.data.tags.items():
+            if key.startswith("out/"):
+                assert lock[key.removeprefix("out/")] == md5, (stage_run.data.tags["stage"], key)
+    assert stages["train"].data.params["model.alpha"] == "1.0"
+    assert "validation.rmse" in stages["train"].data.metrics  # evaluate reported to the model run
+    artifacts = {a.path for a in client.list_artifacts(stages["train"].info.run_id, "plots")}
+    assert "plots/predicted_vs_actual.png" in artifacts
+    version1 = client.get_model_version(MODEL, "1")
+    assert version1.run_id == stages["train"].info.run_id
+    assert version1.tags["model_md5"] == lock["models/model.json"]
+    assert version1.tags["raw/data/raw/green_tripdata_2025-01.parquet"] == _md5(
+        small_tlc / "green_tripdata_2025-01.parquet"
+    )
+    assert "dvc_lock_md5" in version1.tags
+
+    # Model 2: other raw bytes (a different sample of the real months) and another alpha.
+    mirror2 = tmp_path / "mirror2"
+    mirror2.mkdir()
+    for month in MONTHS:
+        name = f"green_tripdata_{month}.parquet"
+        sample_month(shared_tlc / name, mirror2 / name, stride=13)
+    (mirror2 / "taxi_zone_lookup.csv").write_bytes(
+        (small_tlc / "taxi_zone_lookup.csv").read_bytes()
+    )
+    env2 = dict(env, TLC_SOURCE=str(mirror2))
+    run(["dvc", "exp", "run", "--force", "-S", "model.alpha=0.5"], project, env2)
+    run(["git", "add", "-A"], project, env2)
+    run(["git", "commit", "-qm", "model 2"], project, env2)
+
+    trace1 = json.loads(_trace(project, f"models:/{MODEL}/1", "--json").stdout)
+    trace2 = json.loads(_trace(project, f"models:/{MODEL}/2", "--json").stdout)
+    raw1, raw2 = _raw_md5s(trace1), _raw_md5s(trace2)
+    for month in MONTHS:
+        name = f"green_tripdata_{month}.parquet"
+        assert raw1[name] == _md5(small_tlc / name)
+        assert raw2[name] == _md5(mirror2 / name)
+        assert raw1[name] != raw2[name]
+
+    # Both verify against dvc.lock in git and the DVC cache.
+    for version in ("1", "2"):
+        verified = _trace(project, f"models:/{MODEL}/{version}", "--verify")
+        assert "verified against dvc.lock" in verified.stdout
+
+    # Restore model 1's raw files after the workspace moved on to model 2's data.
+    restored = tmp_path / "restored"
+    _trace(project, f"models:/{MODEL}/1", "--restore", str(restored))
+    for month in MONTHS:
+        name = f"green_tripdata_{month}.parquet"
+        assert _sha256(restored / name) == _sha256(small_tlc / name)
+
+    # Reproduce model 2 at its commit: byte-identical model, equal metrics.
+    reproduced = json.loads(_trace(project, f"models:/{MODEL}/2", "--reproduce", "--json").stdout)
+    assert reproduced["reproduce"]["byte_identical"] is True
+    assert reproduced["reproduce"]["metrics_equal"] is True
+
+    # Tampering: a recorded data hash that no longer matches is reported, exit status 1.
+    train2 = client.get_model_version(MODEL, "2").run_id
+    client.set_tag(train2, "in/data/features/train.parquet", "0" * 32)
+    tampered = _trace(project, f"models:/{MODEL}/2", "--verify", check=False)
+    assert tampered.returncode == 1
+    assert "MISMATCH" in tampered.stdout
+    # ... and so are corrupted bytes in the DVC cache (DVC itself would not notice).
+    raw_md5 = raw1["green_tripdata_2025-01.parquet"]
+    cached = project / ".dvc" / "cache" / "files" / "md5" / raw_md5[:2] / raw_md5[2:]
+    cached.chmod(0o644)
+    cached.write_bytes(cached.read_bytes()[:-10] + b"0123456789")
+    corrupted = _trace(project, f"models:/{MODEL}/1", "--verify", check=False)
+    assert corrupted.returncode == 1
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_store_fails_cleanly(project, monkeypatch):
+    """No output and no dvc.lock entry appears without its MLflow record; failure is bounded."""
+    monkeypatch.chdir(project)
+    env = dict(os.environ)
+    run(["dvc", "repro", "ingest_zones"], project, env)
+    lock_before = (project / "dvc.lock").read_bytes()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    proc = run(
+        ["dvc", "repro", "--force", "ingest_zones"],
+        project,
+        dict(env, MLFLOW_TRACKING_URI=dead),
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode != 0
+    assert dead in proc.stderr and "did not answer" in proc.stderr
+    assert elapsed < 120
+    assert (project / "dvc.lock").read_bytes() == lock_before
+    assert (project / "data" / "raw" / "taxi_zone_lookup.csv").is_file()
+    assert not list((project / "data" / "raw").glob(".*.tmp"))
