@@ -69,7 +69,14 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, else mlflow.db at the root of the repository DVC runs for."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    # DVC_ROOT names the parent repository, also from DVC's temporary experiment workspaces;
+    # project_root() then maps a git worktree to its main repository.
+    dvc_root = os.environ.get("DVC_ROOT")
+    root = project_root(Path(dvc_root) if dvc_root else None)
+    return f"sqlite:///{root / 'mlflow.db'}"
 
 
 def _proc_stat(pid: int) -> tuple[int, str]:
@@ -319,6 +326,7 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """Record one stage run in MLflow; move its outputs into place only once it is recorded."""
     started = time.perf_counter()
+    stage = os.environ.get("DVC_STAGE", stage)  # DVC's own address of the stage, when under DVC
     uri = tracking_uri()
     client = _connect(uri)
     tags = {
