@@ -183,6 +183,15 @@ def _experiment_id(client: Any) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+def init_store() -> str:
+    """Create the store and the experiment once, before anything runs stages in parallel.
+
+    Many processes opening a fresh SQLite store at once race on its migrations and corrupt it.
+    Returns the experiment id.
+    """
+    return _experiment_id(_connect(tracking_uri()))
+
+
 class StageRun:
     """What a stage tells MLflow while it works; outputs are staged until the run is recorded."""
 
