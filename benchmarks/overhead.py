@@ -1,0 +1,170 @@
+"""What the machinery costs around the model work: stage start-up, dvc, Prefect, MLflow.
+
+Everything runs as real processes: `python -c 'import stages.x'`, `dvc repro` in a temporary
+copy of the project (git + DVC initialised, reading the real months from the TLC mirror), and
+the MLflow store those stage runs wrote, from which each stage's `mlflow_seconds` is read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "pyproject.toml", ".gitignore")
+IMPORT_REPEATS = 3
+NOOP_REPEATS = 3
+TOP_OFFENDERS = 4
+
+
+def timed(
+    cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 1800
+) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return seconds, proc
+
+
+def stage_modules() -> list[str]:
+    return sorted(
+        f"stages.{p.stem}" for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_")
+    )
+
+
+def importtime_offenders(stderr: str, top: int = TOP_OFFENDERS) -> list[dict[str, Any]]:
+    """Top-level packages by cumulative import time, from `python -X importtime` output."""
+    totals: dict[str, int] = {}
+    rows = [line.split("|") for line in stderr.splitlines() if line.startswith("import time:")]
+    names = [row[2] for row in rows[1:] if len(row) == 3]
+    depth = min((len(n) - len(n.lstrip()) for n in names), default=0)
+    for row in rows[1:]:
+        if len(row) == 3 and len(row[2]) - len(row[2].lstrip()) == depth:
+            package = row[2].strip().split(".")[0]
+            totals[package] = totals.get(package, 0) + int(row[1])
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return [{"package": name, "seconds": round(us / 1e6, 3)} for name, us in ranked]
+
+
+def import_costs() -> dict[str, Any]:
+    """Process start-up per stage module: wall time of `python -c 'import stages.x'`."""
+
+    def best(code: str) -> float:
+        return min(timed([sys.executable, "-c", code], ROOT)[0] for _ in range(IMPORT_REPEATS))
+
+    bare = best("pass")
+    modules = {}
+    for module in stage_modules():
+        _, proc = timed([sys.executable, "-X", "importtime", "-c", f"import {module}"], ROOT)
+        modules[module] = {
+            "seconds": round(best(f"import {module}"), 3),
+            "top_imports": importtime_offenders(proc.stderr),
+        }
+    return {"bare_python_seconds": round(bare, 3), "modules": modules}
+
+
+def temp_project(dest: Path, env: dict) -> Path:
+    """A fresh git + DVC repository holding this project's pipeline definition and code."""
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copyfile(src, dest / name)
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "pipeline"],
+    ):
+        timed(cmd, dest, env)
+    return dest
+
+
+def project_env(workdir: Path, tlc_source: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "TLC_SOURCE": str(tlc_source),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+            "PREFECT_HOME": str(workdir / "prefect-home"),
+            "GIT_AUTHOR_NAME": "bench",
+            "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+            "GIT_COMMITTER_NAME": "bench",
+            "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+        }
+    )
+    env.pop("VIRTUAL_ENV_PROMPT", None)
+    return env
+
+
+def mlflow_seconds(tracking_uri: str) -> dict[str, Any]:
+    """Each stage run's own `mlflow_seconds` metric, as the stages recorded it."""
+    code = (
+        "import json, mlflow\n"
+        f"mlflow.set_tracking_uri({tracking_uri!r})\n"
+        "runs = mlflow.search_runs(search_all_experiments=True, output_format='list')\n"
+        "print(json.dumps([[r.info.run_name, r.data.metrics.get('mlflow_seconds')] for r in runs]))"
+    )
+    _, proc = timed([sys.executable, "-c", code], ROOT)
+    import json
+
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    per_stage: dict[str, list[float]] = {}
+    for name, seconds in runs:
+        if seconds is not None:
+            per_stage.setdefault(name, []).append(seconds)
+    return {
+        "stage_runs": sum(len(v) for v in per_stage.values()),
+        "total_seconds": round(sum(sum(v) for v in per_stage.values()), 3),
+        "per_stage_seconds": {
+            k: round(statistics.mean(v), 3) for k, v in sorted(per_stage.items())
+        },
+    }
+
+
+def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
+    """`dvc repro` from nothing, then with nothing to do, in a temporary copy of the project."""
+    env = project_env(workdir, tlc_source)
+    repo = temp_project(workdir / "project", env)
+    full, _ = timed(["dvc", "repro"], repo, env)
+    noop = []
+    for _ in range(NOOP_REPEATS):
+        seconds, proc = timed(["dvc", "repro"], repo, env)
+        noop.append(seconds)
+    result: dict[str, Any] = {
+        "full_seconds": round(full, 3),
+        "noop_seconds": [round(s, 3) for s in noop],
+        "noop_best_seconds": round(min(noop), 3),
+        "noop_output": proc.stdout.strip().splitlines()[-1:],
+    }
+    if any((repo / "stages").glob("tracking.py")):
+        result["mlflow"] = mlflow_seconds(env["MLFLOW_TRACKING_URI"])
+    return result
+
+
+def prefect_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
+    """The Prefect flow against bare `dvc repro`; recorded as unavailable until flows/ has one."""
+    flows = [p for p in (ROOT / "flows").glob("*.py") if "@flow" in p.read_text()]
+    if not flows:
+        return {
+            "available": False,
+            "note": "flows/ holds no Prefect flow yet (being built); not measured",
+        }
+    return {
+        "available": False,
+        "note": f"flow found ({', '.join(p.name for p in flows)}) "
+        "but the harness does not run it yet",
+    }

@@ -1,0 +1,392 @@
+"""The results: machine description, comparison tables, scaling exponents, targets met."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LIBRARIES = (
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "scikit-learn",
+    "xgboost",
+    "dvc",
+    "prefect",
+    "mlflow",
+)
+# (label, ours stage key, course stage key): each line of the side-by-side table.
+PAIRS = (
+    ("prepare", "prepare", "prepare"),
+    ("features", "features", "features"),
+    ("train linear (ours ridge vs course Lasso)", "train ridge", "train lasso"),
+    ("train lasso (alpha 0.1 both)", "train lasso", "train lasso"),
+    ("train xgboost", "train xgboost", "train xgboost"),
+    ("features + train linear", "features+train ridge", "features+train lasso"),
+)
+TARGET_SPEEDUP, TARGET_SCALE, TARGET_EXPONENT, TARGET_PEAK_MIB = 5.0, 16, 1.0, 4096
+TARGET_NOOP_S, TARGET_PREFECT_S, TARGET_XGB_RMSE = 1.5, 1.0, 5.0
+
+
+def machine(command: str, loadavg_start: tuple[float, ...]) -> dict[str, Any]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": versions,
+        "loadavg_start": [round(x, 2) for x in loadavg_start],
+    }
+
+
+def key(row: dict) -> str:
+    return row["stage"] if row["stage"] != "train" else f"train {row['model']}"
+
+
+def timings(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
+    """(impl, stage key, scale) -> measurement; features+train sums added."""
+    table = {
+        (r["impl"], key(r), r["scale"]): r
+        for r in rows
+        if "error" not in r and r.get("purpose") != "quality"
+    }
+    for (impl, stage, scale), r in list(table.items()):
+        features = table.get((impl, "features", scale))
+        if stage.startswith("train") and stage != "train xgboost" and features:
+            table[impl, f"features+{stage}", scale] = {
+                "seconds": features["seconds"] + r["seconds"],
+                "rows": r["rows"],
+                "peak_rss_mib": max(features["peak_rss_mib"], r["peak_rss_mib"]),
+                "process_peak_rss_mib": max(
+                    features["process_peak_rss_mib"], r["process_peak_rss_mib"]
+                ),
+            }
+    return table
+
+
+def exponent(points: list[tuple[float, float]]) -> float | None:
+    """Slope of log(cost) against log(rows): 1.0 is linear."""
+    points = [(x, y) for x, y in points if x > 0 and y > 0]
+    if len(points) < 2:
+        return None
+    xs, ys = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    return round(float(np.polyfit(xs, ys, 1)[0]), 3)
+
+
+def scaling(table: dict, min_scale: int = 4) -> list[dict[str, Any]]:
+    out = []
+    for impl, stage in sorted({(i, s) for i, s, _ in table}):
+        pts = [
+            (r["rows"], r["seconds"], r["peak_rss_mib"])
+            for (i, s, n), r in table.items()
+            if (i, s) == (impl, stage) and n >= min_scale
+        ]
+        if impl == "ours" and stage.startswith("train"):
+            model = stage.split()[-1]
+            totals = []
+            for (i, s, n), r in table.items():
+                parts = [table.get(("ours", p, n)) for p in ("prepare", "features")]
+                if (i, s) == (impl, stage) and n >= min_scale and all(parts):
+                    seconds = r["seconds"] + sum(p["seconds"] for p in parts)
+                    totals.append((parts[0]["rows"], seconds))
+            if totals:
+                out.append(
+                    {
+                        "impl": impl,
+                        "stage": f"prepare+features+train {model}",
+                        "time_exponent": exponent(totals),
+                        "memory_exponent": None,
+                        "points": len(totals),
+                    }
+                )
+        out.append(
+            {
+                "impl": impl,
+                "stage": stage,
+                "points": len(pts),
+                "time_exponent": exponent([(p[0], p[1]) for p in pts]),
+                "memory_exponent": exponent([(p[0], p[2]) for p in pts]),
+            }
+        )
+    return out
+
+
+def quality(rows: list[dict]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r["stage"] == "train" and r["scale"] == 1 and "validation_rmse" in r:
+            out.append(
+                {
+                    "impl": r["impl"],
+                    "model": r["model"],
+                    "params": r.get("params", {}),
+                    "validation_rmse": round(r["validation_rmse"], 3),
+                    "fit_seconds": round(r["seconds"], 2),
+                }
+            )
+    return out
+
+
+def targets(
+    table: dict, scale_rows: list[dict], quality_rows: list[dict], extra: dict
+) -> list[dict[str, Any]]:
+    def verdict(name: str, value: float | None, met: bool | None, note: str = "") -> dict:
+        shown = None if value is None else round(value, 3)
+        return {"target": name, "value": shown, "met": None if value is None else met, "note": note}
+
+    ours = table.get(("ours", "features+train ridge", TARGET_SCALE))
+    theirs = table.get(("course", "features+train lasso", TARGET_SCALE))
+    speedup = theirs["seconds"] / ours["seconds"] if ours and theirs else None
+    exps = [
+        s["time_exponent"]
+        for s in scale_rows
+        if s["impl"] == "ours"
+        and s["stage"].startswith("prepare+features+train")
+        and s["time_exponent"] is not None
+    ]
+    biggest = max((n for _, _, n in table), default=0)
+    peaks = [
+        r["process_peak_rss_mib"] for (i, _, n), r in table.items() if i == "ours" and n == biggest
+    ]
+    dvc = extra.get("dvc", {})
+    prefect = extra.get("prefect", {})
+    q = {
+        (r["impl"], r["model"]): r["validation_rmse"]
+        for r in quality_rows
+        if r["impl"] == "ours" or r["params"].get("max_rounds", 0) >= 1000 or r["model"] == "lasso"
+    }
+    course_lasso = q.get(("course", "lasso"))
+    return [
+        verdict(
+            f"features+train at {TARGET_SCALE}x: course Lasso / ours ridge >= {TARGET_SPEEDUP}",
+            speedup,
+            speedup is not None and speedup >= TARGET_SPEEDUP,
+        ),
+        verdict(
+            f"ours cost vs rows, 4x->{biggest}x: exponent <= {TARGET_EXPONENT}",
+            max(exps) if exps else None,
+            bool(exps) and max(exps) <= TARGET_EXPONENT,
+            "largest exponent over prepare+features+train per model type",
+        ),
+        verdict(
+            f"ours peak RSS at {biggest}x < {TARGET_PEAK_MIB} MiB",
+            max(peaks) if peaks else None,
+            bool(peaks) and max(peaks) < TARGET_PEAK_MIB and biggest >= 64,
+            "" if biggest >= 64 else "the 64x scale was not run",
+        ),
+        verdict(
+            f"no-op dvc repro < {TARGET_NOOP_S} s",
+            dvc.get("noop_best_seconds"),
+            (dvc.get("noop_best_seconds") or math.inf) < TARGET_NOOP_S,
+        ),
+        verdict(
+            f"Prefect flow adds < {TARGET_PREFECT_S} s over bare dvc repro (running server)",
+            prefect.get("added_seconds"),
+            (prefect.get("added_seconds") or math.inf) < TARGET_PREFECT_S,
+            prefect.get("note", ""),
+        ),
+        verdict(
+            f"ours XGBoost validation RMSE < {TARGET_XGB_RMSE}",
+            q.get(("ours", "xgboost")),
+            (q.get(("ours", "xgboost")) or math.inf) < TARGET_XGB_RMSE,
+        ),
+        verdict(
+            "ours ridge validation RMSE < the course's Lasso",
+            q.get(("ours", "ridge")),
+            None not in (q.get(("ours", "ridge")), course_lasso)
+            and q[("ours", "ridge")] < course_lasso,
+            f"course Lasso: {course_lasso}",
+        ),
+    ]
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _table(header: list[str], lines: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return out + ["| " + " | ".join(_fmt(c) for c in line) + " |" for line in lines]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta, table = results["machine"], timings(results["measurements"])
+    libs = ", ".join(f"{k} {v}" for k, v in meta["libraries"].items())
+    md = [
+        "# Benchmark results",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}; {meta['cpu_count']} cores; {meta['platform']}; "
+        f"python {meta['python']}",
+        f"- libraries: {libs}",
+        f"- load average at start / end: {meta['loadavg_start']} / {meta.get('loadavg_end')}"
+        " (other processes may share the CPU; timings are wall-clock, one fresh process per"
+        " measurement, best of the repeats)",
+        f"- whole run: {meta.get('total_seconds')} s",
+        "",
+        "## Targets",
+        "",
+    ]
+    md += _table(
+        ["target", "value", "met", "note"],
+        [
+            [
+                t["target"],
+                t["value"],
+                {True: "yes", False: "**no**", None: "not measured"}[t["met"]],
+                t["note"],
+            ]
+            for t in results["targets"]
+        ],
+    )
+    md += [
+        "",
+        "## Ours vs the course's script, per scale and stage",
+        "",
+        "Seconds of the stage's own work (inputs already in memory); rows/s over the rows the"
+        " stage receives; peak RSS of the stage's process while it ran (inputs resident).",
+        "",
+    ]
+    lines = []
+    for scale in sorted({n for _, _, n in table}):
+        for label, ours_key, course_key in PAIRS:
+            o, c = table.get(("ours", ours_key, scale)), table.get(("course", course_key, scale))
+            if not (o or c):
+                continue
+            lines.append(
+                [
+                    f"{scale}x",
+                    label,
+                    o and o["rows"],
+                    o and o["seconds"],
+                    c and c["seconds"],
+                    (c["seconds"] / o["seconds"]) if o and c else None,
+                    o and o["rows"] / o["seconds"],
+                    c and c["rows"] / c["seconds"],
+                    o and o["process_peak_rss_mib"],
+                    c and c["process_peak_rss_mib"],
+                ]
+            )
+    md += _table(
+        [
+            "scale",
+            "stage",
+            "rows (ours)",
+            "ours s",
+            "course s",
+            "course/ours",
+            "ours rows/s",
+            "course rows/s",
+            "ours peak MiB",
+            "course peak MiB",
+        ],
+        lines,
+    )
+    md += ["", "## Cost vs rows (log-log slope, 4x and up; 1.0 = linear)", ""]
+    md += _table(
+        ["impl", "stage", "points", "time exponent", "memory exponent"],
+        [
+            [s["impl"], s["stage"], s["points"], s["time_exponent"], s["memory_exponent"]]
+            for s in results["scaling"]
+        ],
+    )
+    md += ["", "## Model quality at 1x (train 2025-01, validation 2025-02)", ""]
+    md += _table(
+        ["impl", "model", "params", "validation RMSE (min)", "fit s"],
+        [
+            [q["impl"], q["model"], json.dumps(q["params"]), q["validation_rmse"], q["fit_seconds"]]
+            for q in results["quality"]
+        ],
+    )
+    md += overhead_markdown(results["overhead"])
+    errors = [r for r in results["measurements"] if "error" in r]
+    if errors:
+        md += ["", "## Failed measurements", ""]
+        md += [f"- {r['impl']} {key(r)} x{r['scale']}: {r['error'][-300:]}" for r in errors]
+    return "\n".join(md) + "\n"
+
+
+def overhead_markdown(extra: dict[str, Any]) -> list[str]:
+    md: list[str] = []
+    if "imports" in extra:
+        imports = extra["imports"]
+        md += [
+            "",
+            "## Stage process start-up (`python -c 'import stages.x'`, best of 3)",
+            "",
+            f"Bare `python -c pass`: {imports['bare_python_seconds']} s.",
+            "",
+        ]
+        md += _table(
+            ["module", "seconds", "top imports (python -X importtime, cumulative s)"],
+            [
+                [
+                    m,
+                    v["seconds"],
+                    ", ".join(f"{t['package']} {t['seconds']}" for t in v["top_imports"]),
+                ]
+                for m, v in imports["modules"].items()
+            ],
+        )
+    if "dvc" in extra:
+        dvc = extra["dvc"]
+        md += [
+            "",
+            "## Orchestration",
+            "",
+            f"- `dvc repro` from nothing (3 real months, every stage): {dvc['full_seconds']} s",
+            f"- `dvc repro` with nothing to do: best {dvc['noop_best_seconds']} s "
+            f"(runs: {dvc['noop_seconds']}; said: {' '.join(dvc['noop_output'])})",
+        ]
+        if "mlflow" in dvc:
+            ml = dvc["mlflow"]
+            per = ", ".join(f"{k} {v}" for k, v in ml["per_stage_seconds"].items())
+            md.append(
+                f"- MLflow logging inside the stages (their `mlflow_seconds`): "
+                f"{ml['total_seconds']} s over {ml['stage_runs']} stage runs ({per})"
+            )
+    if "prefect" in extra:
+        pf = extra["prefect"]
+        md.append("- Prefect flow: " + "; ".join(f"{k}: {v}" for k, v in pf.items()))
+    return md
+
+
+def write(out: Path, meta: dict, rows: list[dict], extra: dict) -> list[Path]:
+    table = timings(rows)
+    scale_rows = scaling(table)
+    quality_rows = quality(rows)
+    results = {
+        "machine": meta,
+        "measurements": rows,
+        "scaling": scale_rows,
+        "quality": quality_rows,
+        "overhead": extra,
+        "targets": targets(table, scale_rows, quality_rows, extra),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.md"]
+    paths[0].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    paths[1].write_text(markdown(results))
+    return paths
