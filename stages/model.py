@@ -18,6 +18,8 @@ from stages.common import BadInputError, ModelParams, atomic_path
 
 TARGET = "duration_minutes"
 LINEAR_TYPES = ("lasso", "ridge")
+# Conjugate gradients on X'X: relative residual at which ridge counts as solved.
+RIDGE_RTOL, RIDGE_MAX_ITER = 1e-10, 20_000
 # Categorical blocks of the linear model's one-hot design, and the numeric columns after them.
 NUMERIC_COLUMNS = ("trip_distance", "log_trip_distance")
 XGB_COLUMNS = (
@@ -70,24 +72,31 @@ def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
 def ridge_solve(X: sparse.csr_matrix, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
     """Exact ridge with an unpenalised intercept, from the normal equations.
 
-    The one-hot design has ~1,600 columns however many trips there are, so forming X'X
-    (sparse, one pass) and solving the small dense system beats sklearn's iterative sparse
-    solvers by an order of magnitude, and gives the same coefficients.
+    X'X is formed sparse in one pass and solved by conjugate gradients preconditioned with its
+    diagonal. A dense solve is cubic in the columns, and the pair vocabulary grows with the
+    trips (4,173 columns at 16x January: 1.7 s dense; here 0.2 s for X'X, 0.1 s to solve).
+    The preconditioner evens out one-hot columns whose counts span four orders of magnitude
+    (what makes sklearn's unpreconditioned sparse_cg slow). With alpha = 0 the one-hot blocks
+    are collinear; the system stays consistent and CG from zero reaches an exact solution.
     """
-    from scipy import linalg
+    from scipy.sparse.linalg import LinearOperator, cg
 
     n = X.shape[0]
     mean_x = np.asarray(X.mean(axis=0)).ravel()
     mean_y = float(y.mean())
-    # Centred Gram matrix and moment vector, without densifying X.
-    gram = (X.T @ X).toarray() - n * np.outer(mean_x, mean_x)
+    # Centred Gram matrix (sparse part minus a rank-one term) and moment vector.
+    gram = (X.T @ X).tocsr()
     moment = X.T @ y - n * mean_x * mean_y
-    gram[np.diag_indices_from(gram)] += alpha
-    try:
-        coef = linalg.solve(gram, moment, assume_a="pos")
-    except (linalg.LinAlgError, ValueError):
-        # alpha = 0: the one-hot blocks are collinear; take the minimum-norm solution.
-        coef = linalg.lstsq(gram, moment)[0]
+    diagonal = gram.diagonal() - n * mean_x**2 + alpha
+    inverse_diagonal = np.divide(1.0, diagonal, out=np.ones_like(diagonal), where=diagonal > 0)
+    shape = gram.shape
+    system = LinearOperator(
+        shape, dtype=np.float64, matvec=lambda v: gram @ v - n * (mean_x @ v) * mean_x + alpha * v
+    )
+    preconditioner = LinearOperator(shape, dtype=np.float64, matvec=lambda v: inverse_diagonal * v)
+    coef, info = cg(system, moment, rtol=RIDGE_RTOL, maxiter=RIDGE_MAX_ITER, M=preconditioner)
+    if info != 0:
+        raise BadInputError(f"ridge did not converge in {RIDGE_MAX_ITER} iterations (model.alpha)")
     return coef, mean_y - float(mean_x @ coef)
 
 
