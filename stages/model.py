@@ -58,13 +58,17 @@ def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
     offsets = np.cumsum([0, *widths.values()])
     n_cols = int(offsets[-1]) + len(NUMERIC_COLUMNS)
     distance = features["trip_distance"].to_numpy(np.float64)
-    # Columns in increasing order within every row, so the CSR matrix is canonical.
-    indices = np.column_stack(
-        [codes + offsets[i] for i, codes in enumerate(block_codes.values())]
-        + [np.full(n, offsets[-1] + j) for j in range(len(NUMERIC_COLUMNS))]
-    ).astype(np.int32)
-    values = np.column_stack([np.ones((n, len(block_codes))), distance, np.log1p(distance)])
-    per_row = indices.shape[1]
+    # Columns in increasing order within every row, so the CSR matrix is canonical. Filled in
+    # place: stacking int64 temporaries cost 60% of the fit's design time at 16x January.
+    n_blocks = len(block_codes)
+    per_row = n_blocks + len(NUMERIC_COLUMNS)
+    indices = np.empty((n, per_row), dtype=np.int32)
+    for i, codes in enumerate(block_codes.values()):
+        np.add(codes, offsets[i], out=indices[:, i], casting="unsafe")
+    indices[:, n_blocks:] = offsets[-1] + np.arange(len(NUMERIC_COLUMNS))
+    values = np.ones((n, per_row))
+    values[:, n_blocks] = distance
+    values[:, n_blocks + 1] = np.log1p(distance)
     indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int32)
     return sparse.csr_matrix((values.ravel(), indices.ravel(), indptr), shape=(n, n_cols))
 
