@@ -7,12 +7,17 @@ the MLflow store those stage runs wrote, from which each stage's `mlflow_seconds
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "pyproject.toml",
 IMPORT_REPEATS = 3
 NOOP_REPEATS = 3
 TOP_OFFENDERS = 4
+SERVER_START_TIMEOUT = 120
 
 
 def timed(
@@ -43,15 +49,19 @@ def stage_modules() -> list[str]:
 
 
 def importtime_offenders(stderr: str, top: int = TOP_OFFENDERS) -> list[dict[str, Any]]:
-    """Top-level packages by cumulative import time, from `python -X importtime` output."""
+    """Packages by import time spent in their own modules, from `python -X importtime`.
+
+    Self times are summed per top-level package, so nothing is counted twice; the project's
+    own `stages` package is left out.
+    """
     totals: dict[str, int] = {}
-    rows = [line.split("|") for line in stderr.splitlines() if line.startswith("import time:")]
-    names = [row[2] for row in rows[1:] if len(row) == 3]
-    depth = min((len(n) - len(n.lstrip()) for n in names), default=0)
-    for row in rows[1:]:
-        if len(row) == 3 and len(row[2]) - len(row[2].lstrip()) == depth:
-            package = row[2].strip().split(".")[0]
-            totals[package] = totals.get(package, 0) + int(row[1])
+    for line in stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if len(fields) != 3 or not fields[0].strip().isdigit():
+            continue
+        package = fields[2].strip().split(".")[0]
+        if package != "stages":
+            totals[package] = totals.get(package, 0) + int(fields[0])
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return [{"package": name, "seconds": round(us / 1e6, 3)} for name, us in ranked]
 
@@ -155,16 +165,72 @@ def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
     return result
 
 
-def prefect_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
-    """The Prefect flow against bare `dvc repro`; recorded as unavailable until flows/ has one."""
-    flows = [p for p in (ROOT / "flows").glob("*.py") if "@flow" in p.read_text()]
-    if not flows:
+def flow_command(project: Path) -> list[str] | None:
+    """`python -m flows.<name>`: the flows/ module that defines a flow and runs as a script."""
+    for path in sorted((project / "flows").glob("*.py")):
+        text = path.read_text()
+        if "@flow" in text and '__name__ == "__main__"' in text:
+            return [sys.executable, "-m", f"flows.{path.stem}"]
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def prefect_server(env: dict[str, str], timeout: float = SERVER_START_TIMEOUT) -> Iterator[str]:
+    """A real `prefect server start` on a free local port; its API URL; stopped afterwards."""
+    port = _free_port()
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"prefect server did not answer on {url}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def prefect_overhead(workdir: Path, tlc_source: Path, bare_noop_seconds: float) -> dict[str, Any]:
+    """The Prefect flow with nothing to do, against bare no-op `dvc repro` in the same project."""
+    repo = workdir / "project"
+    command = flow_command(repo)
+    if command is None:
         return {
             "available": False,
-            "note": "flows/ holds no Prefect flow yet (being built); not measured",
+            "note": "flows/ holds no runnable Prefect flow yet (being built); not measured",
         }
-    return {
-        "available": False,
-        "note": f"flow found ({', '.join(p.name for p in flows)}) "
-        "but the harness does not run it yet",
-    }
+    env = project_env(workdir, tlc_source)
+    env.pop("PREFECT_API_URL", None)
+    result: dict[str, Any] = {"available": True, "command": " ".join(command[1:])}
+    with prefect_server(env) as url:
+        served = {**env, "PREFECT_API_URL": url}
+        runs = [timed(command, repo, served)[0] for _ in range(NOOP_REPEATS)]
+    result["server_seconds"] = [round(s, 3) for s in runs]
+    result["added_seconds"] = round(min(runs) - bare_noop_seconds, 3)
+    ephemeral = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    result["ephemeral_seconds"] = round(timed(command, repo, ephemeral)[0], 3)
+    result["ephemeral_added_seconds"] = round(result["ephemeral_seconds"] - bare_noop_seconds, 3)
+    return result

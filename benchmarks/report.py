@@ -199,7 +199,7 @@ def targets(
             f"Prefect flow adds < {TARGET_PREFECT_S} s over bare dvc repro (running server)",
             prefect.get("added_seconds"),
             (prefect.get("added_seconds") or math.inf) < TARGET_PREFECT_S,
-            prefect.get("note", ""),
+            prefect.get("note", prefect.get("error", "")),
         ),
         verdict(
             f"ours XGBoost validation RMSE < {TARGET_XGB_RMSE}",
@@ -330,6 +330,10 @@ def markdown(results: dict[str, Any]) -> str:
 
 def overhead_markdown(extra: dict[str, Any]) -> list[str]:
     md: list[str] = []
+    for name, part in extra.items():
+        if "error" in part:
+            md += ["", f"Overhead part `{name}` failed: {part['error'][-500:]}"]
+    extra = {name: part for name, part in extra.items() if "error" not in part}
     if "imports" in extra:
         imports = extra["imports"]
         md += [
@@ -340,7 +344,7 @@ def overhead_markdown(extra: dict[str, Any]) -> list[str]:
             "",
         ]
         md += _table(
-            ["module", "seconds", "top imports (python -X importtime, cumulative s)"],
+            ["module", "seconds", "slowest packages to import (python -X importtime, s)"],
             [
                 [
                     m,

@@ -156,15 +156,22 @@ def measure_all(specs: list[dict[str, Any]], repeats: int, timeout: float) -> li
 
 
 def overheads(kind: str, workdir: Path, source: Path) -> dict[str, Any]:
+    """Start-up, dvc and Prefect costs; a part that fails is recorded as an error, not fatal."""
     result: dict[str, Any] = {}
-    if kind == "none":
-        return result
-    print("overhead: stage import costs", flush=True)
-    result["imports"] = overhead.import_costs()
-    if kind == "all":
-        print("overhead: dvc repro (full, then no-op) in a temporary project", flush=True)
-        result["dvc"] = overhead.dvc_overhead(workdir / "orchestration", source)
-        result["prefect"] = overhead.prefect_overhead(workdir / "orchestration", source)
+    parts = {
+        "imports": overhead.import_costs,
+        "dvc": lambda: overhead.dvc_overhead(workdir / "orchestration", source),
+        "prefect": lambda: overhead.prefect_overhead(
+            workdir / "orchestration", source, result["dvc"]["noop_best_seconds"]
+        ),
+    }
+    wanted = {"none": [], "imports": ["imports"], "all": list(parts)}[kind]
+    for name in wanted:
+        print(f"overhead: {name}", flush=True)
+        try:
+            result[name] = parts[name]()
+        except (RuntimeError, OSError, KeyError, subprocess.SubprocessError) as exc:
+            result[name] = {"error": str(exc)[-1500:]}
     return result
 
 
