@@ -191,7 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    meta.update(loadavg_end=os.getloadavg(), total_seconds=round(time.time() - started, 1))
+    meta.update(
+        loadavg_end=[round(x, 2) for x in os.getloadavg()],
+        total_seconds=round(time.time() - started, 1),
+    )
     paths = report.write(args.out, meta, rows, extra)
     print("wrote " + ", ".join(str(p) for p in paths))
 
