@@ -266,7 +266,9 @@ def markdown(results: dict[str, Any]) -> str:
         "## Ours vs the course's script, per scale and stage",
         "",
         "Seconds of the stage's own work (inputs already in memory); rows/s over the rows the"
-        " stage receives; peak RSS of the stage's process while it ran (inputs resident).",
+        " stage receives; peak RSS: the high-water mark of the measurement's own fresh process"
+        " (loading its inputs and running the stage; `peak_rss_mib` in the JSON is the stage"
+        " alone, the mark reset once its inputs were loaded).",
         "",
     ]
     lines = []
