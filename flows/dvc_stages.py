@@ -1,0 +1,210 @@
+"""DVC as the flow sees it: the stage graph, one `dvc repro --single-item` run, experiments.
+
+No Prefect here: the flows decide what to retry from the exceptions raised below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The stage's own refusal (stages.common.run_stage) and its exit status, as DVC relays them.
+BAD_INPUT_PREFIX = "BAD INPUT in stage"
+TRANSIENT_PREFIX = "TRANSIENT FAILURE in stage"
+# Another DVC process holds the repository lock or an output's rwlock: worth a retry.
+LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy")
+SKIPPED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
+# After SIGINT, the stage gets this long to stop before SIGKILL.
+KILL_GRACE_SECONDS = 10.0
+
+
+class StageError(RuntimeError):
+    """A stage run failed for a reason not known to pass: not retried."""
+
+
+class BadStageInput(StageError):
+    """The stage refused its input: fails at once, with the stage's own message."""
+
+
+class TransientStageFailure(StageError):
+    """A held lock, a timeout or a failure the stage itself calls transient: retried."""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    lines: list[str]
+    timed_out: bool
+
+
+def stage_order(repo: Path) -> list[str]:
+    """Every pipeline stage of `repo` (foreach items expanded), dependencies first.
+
+    Read through DVC's own index, so the order is the one `dvc repro` would use; ties are broken
+    by name so every run lists the stages alike.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(repo)) as dvc_repo:
+        graph = dvc_repo.index.graph  # edges point from a stage to the stages it depends on
+        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.addressing)
+        return [s.addressing for s in order if isinstance(s, PipelineStage)]
+
+
+def run_command(
+    cmd: list[str],
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    on_line: Callable[[str], None],
+) -> CommandResult:
+    """Run `cmd` in its own process group, passing each output line on as it comes.
+
+    On timeout the whole group gets SIGINT, then SIGKILL: killing dvc alone would leave the
+    stage command running beside a retry.
+    """
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _stop_group(proc)
+    reader.join()
+    return CommandResult(proc.returncode, lines, timed_out)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGINT, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def classify(stage: str, result: CommandResult, timeout: float) -> str:
+    """'ran' or 'skipped' for a success; otherwise raise the error the failure deserves."""
+    text = "\n".join(result.lines)
+    if result.timed_out:
+        raise TransientStageFailure(f"stage {stage}: no result within {timeout:g} s; stopped")
+    if result.returncode == 0:
+        return "skipped" if SKIPPED.search(text) else "ran"
+    if bad := _block(result.lines, BAD_INPUT_PREFIX):
+        raise BadStageInput(bad)
+    tail = "\n".join(result.lines[-15:])
+    if _block(result.lines, TRANSIENT_PREFIX) or LOCK_BUSY.search(text) or result.returncode < 0:
+        raise TransientStageFailure(f"stage {stage} (exit {result.returncode}):\n{tail}")
+    raise StageError(f"stage {stage} failed (exit {result.returncode}):\n{tail}")
+
+
+def _block(lines: list[str], prefix: str) -> str:
+    """The line starting with `prefix` and its indented continuation lines, or ''."""
+    for i, line in enumerate(lines):
+        if line.startswith(prefix):
+            return "\n".join([line, *_take_indented(lines[i + 1 :])])
+    return ""
+
+
+def _take_indented(lines: list[str]) -> list[str]:
+    taken = []
+    for line in lines:
+        if not line.startswith((" ", "\t")):
+            break
+        taken.append(line)
+    return taken
+
+
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """`{"model.alpha": 0.05}` as the `-S` arguments of `dvc exp run` (Hydra override syntax)."""
+    args = []
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            text = str(value).lower()
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = repr(value) if isinstance(value, float) else str(value)
+        args.append(f"{key}={text}")
+    return args
+
+
+def apply_overrides(repo: Path, overrides: Mapping[str, Any]) -> None:
+    """Write the overrides into the param files with the code `dvc exp run -S` uses."""
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides as dvc_apply
+
+    for path, items in to_path_overrides(override_args(overrides)).items():
+        dvc_apply(repo / path, items)
+
+
+def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
+    """`dvc exp save` the workspace as experiment `name`, its metrics and dvc.lock included.
+
+    `dvc exp save` leaves untracked files out, and in a fresh clone the git-tracked outputs
+    (metrics, plots) and dvc.lock are untracked; `dvc exp run` would have committed them.
+    """
+    cmd = ["dvc", "exp", "save", "--name", name]
+    for path in _untracked(repo, ["dvc.lock", *git_tracked_outputs(repo)]):
+        cmd += ["--include-untracked", path]
+    proc = subprocess.run(cmd, cwd=repo, env=dict(env), capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise StageError(f"dvc exp save failed:\n{proc.stdout}{proc.stderr}")
+    return name
+
+
+def git_tracked_outputs(repo: Path) -> list[str]:
+    """Outputs DVC leaves to git (`cache: false`: metrics, plots), relative to `repo`."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        root = Path(dvc_repo.root_dir)
+        return sorted(
+            Path(out.fs_path).relative_to(root).as_posix()
+            for out in dvc_repo.index.outs
+            if not out.use_cache
+        )
+
+
+def _untracked(repo: Path, paths: list[str]) -> list[str]:
+    proc = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "--", *paths],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.split()
