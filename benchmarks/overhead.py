@@ -166,8 +166,9 @@ def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
 
 
 def flow_command(project: Path) -> list[str] | None:
-    """`python -m flows.<name>`: the flows/ module that defines a flow and runs as a script."""
-    for path in sorted((project / "flows").glob("*.py")):
+    """`python -m flows.pipeline`, or else the first flows/ module with a flow and a __main__."""
+    paths = sorted((project / "flows").glob("*.py"), key=lambda p: (p.stem != "pipeline", p.stem))
+    for path in paths:
         text = path.read_text()
         if "@flow" in text and '__name__ == "__main__"' in text:
             return [sys.executable, "-m", f"flows.{path.stem}"]
