@@ -23,6 +23,8 @@ LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy")
 SKIPPED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
 # After SIGINT, the stage gets this long to stop before SIGKILL.
 KILL_GRACE_SECONDS = 10.0
+# Experiments of parallel worktrees are refs of one git repository: saved one at a time.
+_EXP_SAVE_LOCK = threading.Lock()
 
 
 class StageError(RuntimeError):
@@ -55,9 +57,17 @@ def stage_order(repo: Path) -> list[str]:
     from dvc.stage import PipelineStage
 
     with Repo(str(repo)) as dvc_repo:
+        root = Path(dvc_repo.root_dir)
+
+        def address(stage: PipelineStage) -> str:
+            # Stage.addressing is relative to the current directory; dvc runs in `repo`.
+            dvcfile = Path(stage.path).relative_to(root).as_posix()
+            return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
         graph = dvc_repo.index.graph  # edges point from a stage to the stages it depends on
-        order = nx.lexicographical_topological_sort(graph.reverse(), key=lambda s: s.addressing)
-        return [s.addressing for s in order if isinstance(s, PipelineStage)]
+        stages = [s for s in graph if isinstance(s, PipelineStage)]
+        order = nx.lexicographical_topological_sort(graph.subgraph(stages).reverse(), key=address)
+        return [address(s) for s in order]
 
 
 def run_command(

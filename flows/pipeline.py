@@ -11,6 +11,7 @@ at once (parallel runs need isolated workspaces, see flows.compare).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -34,6 +35,12 @@ def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), dvc_stages.TransientStageFailure)
 
 
+def _level(line: str) -> int:
+    """Stage output at INFO, except the lines that say why a stage failed."""
+    failed = line.startswith(("ERROR", dvc_stages.BAD_INPUT_PREFIX, dvc_stages.TRANSIENT_PREFIX))
+    return logging.ERROR if failed else logging.INFO
+
+
 @task(
     task_run_name="{stage}",
     retries=RETRIES,
@@ -51,7 +58,7 @@ def repro_stage(stage: str, workspace: str, pipeline_run_id: str, timeout_second
         Path(workspace),
         env,
         timeout_seconds,
-        lambda line: logger.info("%s", line),
+        lambda line: logger.log(_level(line), "%s", line),
     )
     status = dvc_stages.classify(stage, result, timeout_seconds)
     outcome = {
