@@ -5,6 +5,7 @@ No Prefect here: the flows decide what to retry from the exceptions raised below
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -114,16 +115,18 @@ def run_command(
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGINT, KILL_GRACE_SECONDS), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace)
-            break
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGINT the group, give it KILL_GRACE_SECONDS, then SIGKILL whatever of it is left.
+
+    The SIGKILL also goes out when the leader stopped in time: a member that ignores SIGINT
+    (a shell's background job does) would otherwise live on and keep writing.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def classify(stage: str, result: CommandResult, timeout: float) -> str:

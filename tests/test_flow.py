@@ -1,0 +1,289 @@
+"""The Prefect flows on the real pipeline: real dvc in a temporary git repo, real Prefect.
+
+Prefect runs against `prefect_test_harness` (a temporary server, once per session).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import dvc_stages
+from tests.conftest import run
+
+STAGES = [
+    "ingest@2025-01",
+    "ingest@2025-02",
+    "ingest@2025-03",
+    "ingest_zones",
+    "prepare@2025-01",
+    "prepare@2025-02",
+    "prepare@2025-03",
+    "features",
+    "train",
+    "evaluate",
+]
+FIRST_OUTPUT = "data/raw/green_tripdata_2025-01.parquet"
+# The first stage's output, write-locked by another process the way a running dvc locks it.
+HOLD_RWLOCK = """
+import os, sys
+from dvc.fs import LocalFileSystem
+from dvc.rwlock import rwlock
+repo, out = sys.argv[1], sys.argv[2]
+tmp = os.path.join(repo, ".dvc", "tmp")
+os.makedirs(tmp, exist_ok=True)
+with rwlock(tmp, LocalFileSystem(), "test: another dvc", [], [os.path.join(repo, out)], False):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+EXP_SHOW_META = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for a reaper that may never come)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def task_runs(flow_run_id: str) -> dict[str, object]:
+    """The flow run's task runs by name, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {r.name: r for r in runs}
+
+
+def exp_row(repo: Path, name: str) -> dict[str, object]:
+    import dvc.api
+
+    rows = [r for r in dvc.api.exp_show(repo=str(repo)) if r["Experiment"] == name]
+    assert len(rows) == 1, f"experiment {name} not in `dvc exp show` of {repo}"
+    return {k: v for k, v in rows[0].items() if k not in EXP_SHOW_META}
+
+
+# --------------------------------------------------------------------------- fast
+
+
+def test_classify_reads_dvc_and_stage_messages() -> None:
+    ok = dvc_stages.CommandResult(0, ["Stage 'train' didn't change, skipping"], False)
+    assert dvc_stages.classify("train", ok, 60) == "skipped"
+    assert (
+        dvc_stages.classify("train", dvc_stages.CommandResult(0, ["Running"], False), 60) == "ran"
+    )
+    bad = dvc_stages.CommandResult(
+        255,
+        [
+            "BAD INPUT in stage train: params.yaml: invalid params:",
+            "  model.alpha: Input should be greater than or equal to 0 (got -1)",
+            "ERROR: failed to reproduce 'train': failed to run: python -m stages.train, exited "
+            "with 65",
+        ],
+        False,
+    )
+    with pytest.raises(dvc_stages.BadStageInput, match=r"(?s)invalid params:.*model\.alpha"):
+        dvc_stages.classify("train", bad, 60)
+    busy = dvc_stages.CommandResult(
+        255, ["ERROR: failed to reproduce 'train': '/r/models/model.json' is busy"], False
+    )
+    with pytest.raises(dvc_stages.TransientStageFailure):
+        dvc_stages.classify("train", busy, 60)
+    with pytest.raises(dvc_stages.TransientStageFailure, match="within 60 s"):
+        dvc_stages.classify("train", dvc_stages.CommandResult(-2, [], True), 60)
+    other = dvc_stages.CommandResult(255, ["ERROR: unexpected error"], False)
+    with pytest.raises(dvc_stages.StageError) as info:
+        dvc_stages.classify("train", other, 60)
+    assert not isinstance(info.value, dvc_stages.TransientStageFailure)
+
+
+def test_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    result = dvc_stages.run_command(
+        ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; echo started; wait"],
+        tmp_path,
+        os.environ,
+        timeout=1.0,
+        on_line=lambda line: None,
+    )
+    assert result.timed_out and result.lines == ["started"]
+    assert time.monotonic() - started < 15
+    child = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not running(child)  # the grandchild went with its group
+
+
+def test_override_args_are_dvc_exp_run_set_syntax() -> None:
+    args = dvc_stages.override_args({"model.alpha": 0.05, "model.type": "lasso", "x.flag": True})
+    assert args == ["model.alpha=0.05", "model.type=lasso", "x.flag=true"]
+
+
+# --------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness: None) -> None:
+    from flows.pipeline import pipeline
+
+    first = pipeline(workspace=str(project), retry_delay_seconds=1)
+    assert [o["stage"] for o in first["stages"]] == STAGES
+    assert {o["status"] for o in first["stages"]} == {"ran"}
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    validation = next(m for m in first["metrics"] if m["split"] == "validation")
+    assert validation["rmse"] > 0 and validation["rows"] > 1000
+    record = first["mlflow"]
+    assert record["model_version"] == "1" and set(record["stage_runs"]) == set(STAGES)
+    lock_before = (project / "dvc.lock").read_text()
+
+    second = pipeline(workspace=str(project))
+    assert {o["status"] for o in second["stages"]} == {"skipped"}
+    assert (project / "dvc.lock").read_text() == lock_before
+    states = {name: run.state.name for name, run in task_runs(second["pipeline_run_id"]).items()}
+    assert states == dict.fromkeys(STAGES, "Skipped")
+    # Nothing ran, so the report points at the run that produced the current model.
+    assert second["mlflow"]["model_version"] == "1"
+
+
+@pytest.mark.slow
+def test_held_lock_is_retried_and_the_flow_completes(project: Path, prefect_harness: None) -> None:
+    from flows.pipeline import pipeline
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD_RWLOCK,
+            str(project),
+            "data/raw/green_tripdata_2025-01.parquet",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    refused = threading.Event()
+
+    class ReleaseOnRefusal(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "is busy" in record.getMessage():
+                refused.set()
+
+    def release() -> None:
+        refused.wait(timeout=300)
+        holder.communicate("\n", timeout=30)
+
+    handler = ReleaseOnRefusal()
+    logging.getLogger("prefect.task_runs").addHandler(handler)
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        result = pipeline(
+            workspace=str(project), retries=3, retry_delay_seconds=1, retry_jitter_factor=0
+        )
+    finally:
+        refused.set()
+        releaser.join()
+        logging.getLogger("prefect.task_runs").removeHandler(handler)
+    first = result["stages"][0]
+    assert first["stage"] == "ingest@2025-01" and first["attempts"] == 2
+    assert [o["status"] for o in result["stages"]] == ["ran"] * len(STAGES)
+    assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+@pytest.mark.slow
+def test_bad_input_fails_once_with_the_stage_message(project: Path, prefect_harness: None) -> None:
+    from flows.pipeline import pipeline
+
+    params_before = (project / "params.yaml").read_text()
+    state = pipeline(
+        workspace=str(project),
+        overrides={"model.alpha": -1},
+        retries=3,
+        retry_delay_seconds=1,
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert "BAD INPUT in stage train" in state.message and "model.alpha" in state.message
+    with pytest.raises(dvc_stages.BadStageInput, match=r"model\.alpha.*got -1"):
+        state.result()
+    runs = task_runs(str(state.state_details.flow_run_id))
+    assert runs["train"].run_count == 1 and runs["train"].state.is_failed()
+    assert "evaluate" not in runs
+    # Nothing half-done: params back as they were, no model, dvc.lock without train.
+    assert (project / "params.yaml").read_text() == params_before
+    assert not (project / "models" / "model.json").exists()
+    assert "train" not in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_experiment_mode_equals_dvc_exp_run(
+    project: Path, tmp_path: Path, prefect_harness: None
+) -> None:
+    from flows.pipeline import pipeline
+
+    twin = tmp_path / "twin"
+    shutil.copytree(project, twin, symlinks=True)
+
+    result = pipeline(
+        workspace=str(project), overrides={"model.alpha": 0.05}, experiment_name="flow-alpha"
+    )
+    assert result["experiment"] == "flow-alpha"
+    run(["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "cli-alpha"], twin)
+
+    flow_exp, cli_exp = exp_row(project, "flow-alpha"), exp_row(twin, "cli-alpha")
+    assert flow_exp["model.alpha"] == 0.05 and flow_exp["validation.rmse"] > 0
+    # Params, metrics and the md5 of every data file and the model: all equal.
+    assert flow_exp == cli_exp
+    assert "flow-alpha" in run(["dvc", "exp", "list", "--name-only"], project).stdout
+
+
+@pytest.mark.slow
+def test_compare_models_table_has_one_row_per_param_set(
+    project: Path, prefect_harness: None
+) -> None:
+    from flows.compare import compare_models
+
+    param_sets = [
+        {"model.type": "ridge", "model.alpha": 1.0},
+        {"model.type": "lasso", "model.alpha": 0.01},
+        {"model.type": "xgboost", "model.xgboost.n_rounds": 30},
+    ]
+    result = compare_models(workspace=str(project), param_sets=param_sets)
+    rows = result["rows"]
+    assert [r["params"] for r in rows] == [
+        "model.type=ridge, model.alpha=1.0",
+        "model.type=lasso, model.alpha=0.01",
+        "model.type=xgboost, model.xgboost.n_rounds=30",
+    ]
+    assert result["best"] == min(rows, key=lambda r: r["validation_rmse"])
+    for row, overrides in zip(rows, param_sets, strict=True):
+        shown = exp_row(project, row["experiment"])
+        assert shown["validation.rmse"] == row["validation_rmse"]
+        assert all(shown[k] == v for k, v in overrides.items())
+    worktrees = run(["git", "worktree", "list"], project).stdout.splitlines()
+    assert len(worktrees) == 1, worktrees
