@@ -47,14 +47,24 @@ class CommandResult:
     timed_out: bool
 
 
-def stage_order(repo: Path) -> list[str]:
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    # DVC's own verdict before anything ran (Stage.changed(), what `dvc status` reports).
+    changed: bool
+    upstream: frozenset[str]
+
+
+def stage_plan(repo: Path) -> list[PlannedStage]:
     """Every pipeline stage of `repo` (foreach items expanded), dependencies first.
 
-    Read through DVC's own index, so the order is the one `dvc repro` would use; ties are broken
-    by name so every run lists the stages alike.
+    Read through DVC's own index, so the order is the one `dvc repro` would use (ties broken by
+    name). Asking DVC once which stages changed spares a `dvc repro` process per unchanged
+    stage; if the repository is locked, every stage is left to its own `dvc repro`.
     """
     import networkx as nx
-    from dvc.repo import Repo
+    from dvc.lock import LockError
+    from dvc.repo import Repo, lock_repo
     from dvc.stage import PipelineStage
 
     with Repo(str(repo)) as dvc_repo:
@@ -66,9 +76,19 @@ def stage_order(repo: Path) -> list[str]:
             return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
 
         graph = dvc_repo.index.graph  # edges point from a stage to the stages it depends on
-        stages = [s for s in graph if isinstance(s, PipelineStage)]
-        order = nx.lexicographical_topological_sort(graph.subgraph(stages).reverse(), key=address)
-        return [address(s) for s in order]
+        graph = graph.subgraph([s for s in graph if isinstance(s, PipelineStage)])
+        try:
+            with lock_repo(dvc_repo):
+                changed = {s: s.changed() for s in graph}
+        except LockError:
+            changed = dict.fromkeys(graph, True)
+        order = nx.lexicographical_topological_sort(graph.reverse(), key=address)
+        return [
+            PlannedStage(
+                address(s), changed[s], frozenset(address(u) for u in nx.descendants(graph, s))
+            )
+            for s in order
+        ]
 
 
 def run_command(

@@ -48,9 +48,18 @@ def _level(line: str) -> int:
     retry_jitter_factor=RETRY_JITTER_FACTOR,
     retry_condition_fn=worth_retrying,
 )
-def repro_stage(stage: str, workspace: str, pipeline_run_id: str, timeout_seconds: float) -> Any:
-    """`dvc repro --single-item <stage>`, its output streamed into the Prefect log."""
+def repro_stage(
+    stage: str, workspace: str, pipeline_run_id: str, timeout_seconds: float, unchanged: bool
+) -> Any:
+    """`dvc repro --single-item <stage>`, its output streamed into the Prefect log.
+
+    `unchanged`: DVC already found the stage and everything upstream unchanged; no process.
+    """
     logger = get_run_logger()
+    if unchanged:
+        outcome = {"stage": stage, "status": "skipped", "attempts": 1, "seconds": 0.0}
+        logger.info("%s: DVC status unchanged, not run", stage)
+        return Completed(name="Skipped", message=f"{stage}: unchanged (dvc status)", data=outcome)
     env = {**os.environ, "PIPELINE_RUN_ID": pipeline_run_id}
     started = time.perf_counter()
     result = dvc_stages.run_command(
@@ -104,9 +113,16 @@ def pipeline(
     try:
         if overrides:
             dvc_stages.apply_overrides(repo, overrides)
-        for stage in dvc_stages.stage_order(repo):
-            state = runner(stage, str(repo), run_id, stage_timeout_seconds, return_state=True)
-            outcomes.append(state.result())  # a failed stage raises its own error here
+        ran: set[str] = set()
+        for stage in dvc_stages.stage_plan(repo):
+            unchanged = not stage.changed and not stage.upstream & ran
+            state = runner(
+                stage.name, str(repo), run_id, stage_timeout_seconds, unchanged, return_state=True
+            )
+            outcome = state.result()  # a failed stage raises its own error here
+            outcomes.append(outcome)
+            if outcome["status"] == "ran":
+                ran.add(stage.name)
     except BaseException:
         if experiment:
             params_file.write_text(original_params)
