@@ -18,7 +18,7 @@ env: ## install uv if missing, then the locked environment (.venv, from uv.lock)
 	@$(UV) sync --frozen --quiet --compile-bytecode
 
 pipeline: env ## run the whole pipeline on the real data (dvc repro: only what changed)
-	$(UV) run --frozen dvc repro
+	$(UV) run --frozen python -m flows.pipeline
 
 test: env ## run every test, the slow end-to-end ones included
 	$(UV) run --frozen pytest -m "slow or not slow"
