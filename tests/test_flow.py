@@ -79,6 +79,18 @@ def task_runs(flow_run_id: str) -> dict[str, object]:
     return {r.name: r for r in runs}
 
 
+def artifacts(flow_run_id: str) -> dict[str, object]:
+    """The flow run's artifacts by key, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found}
+
+
 def exp_row(repo: Path, name: str) -> dict[str, object]:
     import dvc.api
 
@@ -159,6 +171,13 @@ def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness:
     record = first["mlflow"]
     assert record["model_version"] == "1" and set(record["stage_runs"]) == set(STAGES)
     lock_before = (project / "dvc.lock").read_text()
+    shown = artifacts(first["pipeline_run_id"])
+    report = shown["pipeline-report"].data
+    train_outs = yaml.safe_load(lock_before)["stages"]["train"]["outs"]
+    model_md5 = next(o["md5"] for o in train_outs if o["path"] == "models/model.json")
+    assert "| 2025-01 |" in report and "duration_out_of_range" in report
+    assert "version 1" in report and model_md5 in report
+    assert "validation" in shown["pipeline-metrics"].data
 
     second = pipeline(workspace=str(project))
     assert {o["status"] for o in second["stages"]} == {"skipped"}
