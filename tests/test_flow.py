@@ -260,18 +260,19 @@ def test_bad_input_fails_once_with_the_stage_message(project: Path, prefect_harn
 
 
 @pytest.mark.slow
-def test_experiment_mode_equals_dvc_exp_run(
-    project: Path, tmp_path: Path, prefect_harness: None
-) -> None:
-    from flows.pipeline import pipeline
-
+def test_experiment_mode_equals_dvc_exp_run(project: Path, tmp_path: Path) -> None:
+    """The README's command line, in Prefect's ephemeral mode (no server, no harness)."""
     twin = tmp_path / "twin"
     shutil.copytree(project, twin, symlinks=True)
-
-    result = pipeline(
-        workspace=str(project), overrides={"model.alpha": 0.05}, experiment_name="flow-alpha"
-    )
-    assert result["experiment"] == "flow-alpha"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
+    env.pop("PREFECT_API_URL", None)
+    cli = [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.05"]
+    flow_run = run([*cli, "--name", "flow-alpha"], project, env)
+    assert "saved DVC experiment flow-alpha" in flow_run.stderr + flow_run.stdout
     run(["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "cli-alpha"], twin)
 
     flow_exp, cli_exp = exp_row(project, "flow-alpha"), exp_row(twin, "cli-alpha")
