@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run, task_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed
 
 from flows import dvc_stages, report
@@ -167,7 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "serve":
         pipeline.serve(name="retrain", cron=args.cron, parameters=parameters)
     else:
-        pipeline(**parameters)
+        # The heartbeat thread rounds every run up to the next second; a one-off run from the
+        # command line has no deployment whose crashed runs it would reveal.
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            pipeline(**parameters)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,13 @@ def render_markdown(
     lines += ["## Stages", "", *_table(outcomes), "", "## Data quality (rows per cleaning rule)"]
     lines += ["", *_table(quality), "", "## Metrics (minutes)", "", *_table(metrics), ""]
     lines += ["## Model and MLflow", ""]
-    if record is None:
+    model_md5 = next((h["md5"] for h in hashes if h["path"] == MODEL_PATH), "none")
+    if not any(o["status"] == "ran" for o in outcomes):
+        lines.append(
+            f"No stage ran, so MLflow holds nothing new: the model is the one dvc.lock records "
+            f"(md5 `{model_md5}`); `python -m flows.trace {MODEL_PATH}` finds its run and version."
+        )
+    elif record is None:
         lines.append("No MLflow record found for this run.")
     else:
         version = record["model_version"]
@@ -160,11 +166,13 @@ def publish(
 
     hashes = data_hashes(repo)
     model_md5 = next((h["md5"] for h in hashes if h["path"] == MODEL_PATH), "")
+    # Nothing ran, nothing new in MLflow: spare the 2-3 s of importing and opening it.
+    ran = any(o["status"] == "ran" for o in outcomes)
     summary = {
         "quality": quality_rows(repo),
         "metrics": metric_rows(repo),
         "hashes": hashes,
-        "mlflow": mlflow_summary(repo, pipeline_run_id, model_md5),
+        "mlflow": mlflow_summary(repo, pipeline_run_id, model_md5) if ran else None,
     }
     markdown = render_markdown(
         outcomes=outcomes,
