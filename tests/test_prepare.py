@@ -1,0 +1,116 @@
+"""prepare.clean_trips on real sampled trips: rows dropped per rule, computed independently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stages.common import BadInputError, PrepareParams, parse_section
+from stages.prepare import CLEAN_COLUMNS, clean_trips, read_trips
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = parse_section("prepare", yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"])
+
+
+@pytest.fixture(scope="module")
+def january(small_tlc: Path) -> pd.DataFrame:
+    return read_trips(small_tlc / "green_tripdata_2025-01.parquet", "green")
+
+
+def test_read_trips_uses_pipeline_names(january):
+    assert list(january.columns) == [
+        "pickup_datetime",
+        "dropoff_datetime",
+        "pickup_zone",
+        "dropoff_zone",
+        "trip_distance",
+    ]
+    assert len(january) > 3000
+
+
+def test_drop_counts_add_up_and_match_plain_pandas(january):
+    clean, report = clean_trips(january, "2025-01", PARAMS)
+    dropped = report["dropped"]
+    assert report["rows_in"] == len(january)
+    assert report["rows_out"] == len(clean)
+    assert report["rows_in"] - sum(dropped.values()) == report["rows_out"]
+
+    # The same rules, first rule wins, written independently with plain pandas.
+    t = january.copy()
+    t["minutes"] = (t["dropoff_datetime"] - t["pickup_datetime"]).dt.total_seconds() / 60
+    missing = t[["pickup_datetime", "pickup_zone", "dropoff_zone", "trip_distance", "minutes"]]
+    missing = missing.isna().any(axis=1)
+    t = t[~missing]
+    outside = ~t["pickup_datetime"].between("2025-01-01", "2025-02-01", inclusive="left")
+    t = t[~outside]
+    bad_duration = (t["minutes"] < 1) | (t["minutes"] > 60)
+    t = t[~bad_duration]
+    not_positive = t["trip_distance"] <= 0
+    t = t[~not_positive]
+    too_long = t["trip_distance"] > 100
+    t = t[~too_long]
+    assert dropped == {
+        "missing_values": int(missing.sum()),
+        "pickup_outside_month": int(outside.sum()),
+        "duration_out_of_range": int(bad_duration.sum()),
+        "distance_not_positive": int(not_positive.sum()),
+        "distance_too_long": int(too_long.sum()),
+    }
+    assert report["rows_out"] == len(t)
+    assert dropped["duration_out_of_range"] > 0 and dropped["distance_not_positive"] > 0
+
+
+def test_clean_output_is_within_the_rules(january):
+    clean, _ = clean_trips(january, "2025-01", PARAMS)
+    assert list(clean.columns) == CLEAN_COLUMNS
+    assert clean["duration_minutes"].between(1, 60).all()
+    assert (clean["trip_distance"] > 0).all() and (clean["trip_distance"] <= 100).all()
+    assert clean["pickup_datetime"].dt.month.eq(1).all()
+    assert str(clean["pickup_zone"].dtype) == "int32"
+    assert not clean.isna().any().any()
+
+
+def test_pickup_outside_month_on_the_real_january_quirk(january):
+    # The real January file holds trips picked up in December 2024 and February 2025.
+    p = january["pickup_datetime"]
+    stray = (p < "2025-01-01") | (p >= "2025-02-01")
+    assert stray.sum() > 0
+    _, report = clean_trips(january, "2025-01", PARAMS)
+    missing = january.isna().any(axis=1)
+    assert report["dropped"]["pickup_outside_month"] == int((stray & ~missing).sum())
+    # Read as February, nearly all of January falls outside the month instead.
+    _, as_feb = clean_trips(january, "2025-02", PARAMS)
+    assert as_feb["rows_out"] == int(((p >= "2025-02-01") & (p < "2025-03-01")).sum()) - int(
+        (
+            ((p >= "2025-02-01") & (p < "2025-03-01"))
+            & (
+                missing
+                | ~((january["dropoff_datetime"] - p).dt.total_seconds().div(60).between(1, 60))
+                | (january["trip_distance"] <= 0)
+                | (january["trip_distance"] > 100)
+            )
+        ).sum()
+    )
+
+
+def test_duration_thresholds_change_the_count(january):
+    narrow = PrepareParams(min_duration_minutes=5, max_duration_minutes=20, max_distance_miles=100)
+    _, wide_report = clean_trips(january, "2025-01", PARAMS)
+    _, narrow_report = clean_trips(january, "2025-01", narrow)
+    assert (
+        narrow_report["dropped"]["duration_out_of_range"]
+        > wide_report["dropped"]["duration_out_of_range"]
+    )
+
+
+def test_month_where_every_trip_is_filtered_names_the_month(january):
+    # TLC distances are in hundredths of a mile: none is positive and at most 0.001.
+    impossible = PrepareParams(
+        min_duration_minutes=1, max_duration_minutes=60, max_distance_miles=0.001
+    )
+    with pytest.raises(BadInputError, match="month 2025-01: every one of") as info:
+        clean_trips(january, "2025-01", impossible)
+    assert str(len(january)) in str(info.value)
