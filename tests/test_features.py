@@ -1,0 +1,117 @@
+"""features: encoders fitted on real cleaned trips, vectorised encoding, JSON round trip."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages.common import FeaturesParams, parse_section, read_json, write_json
+from stages.features import UNKNOWN, encode, fit_encoders, read_zones
+from stages.prepare import clean_trips, read_trips
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+PREPARE = parse_section("prepare", RAW_PARAMS["prepare"])
+FEATURES = parse_section("features", RAW_PARAMS["features"])
+
+
+def clean_month(mirror: Path, month: str) -> pd.DataFrame:
+    trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
+    return clean_trips(trips, month, PREPARE)[0]
+
+
+@pytest.fixture(scope="module")
+def train(small_tlc: Path) -> pd.DataFrame:
+    return clean_month(small_tlc, "2025-01")
+
+
+@pytest.fixture(scope="module")
+def zones(small_tlc: Path) -> pd.DataFrame:
+    return read_zones(small_tlc / "taxi_zone_lookup.csv")
+
+
+@pytest.fixture(scope="module")
+def encoders(train, zones) -> dict:
+    return fit_encoders(train, zones, FEATURES)
+
+
+def test_pairs_are_those_seen_min_pair_count_times(train, encoders):
+    counts = train.groupby(["pickup_zone", "dropoff_zone"]).size()
+    expected = sorted(f"{a}-{b}" for (a, b), n in counts.items() if n >= FEATURES.min_pair_count)
+    assert sorted(encoders["pairs"]) == expected
+    assert len(expected) > 10
+
+
+def test_min_pair_count_shrinks_the_vocabulary(train, zones, encoders):
+    every_pair = fit_encoders(
+        train, zones, FeaturesParams(min_pair_count=1, clip_distance_miles=60)
+    )
+    n_distinct = len(train.groupby(["pickup_zone", "dropoff_zone"]).size())
+    assert len(every_pair["pairs"]) == n_distinct
+    assert len(encoders["pairs"]) < n_distinct
+
+
+def test_zones_and_boroughs_come_from_the_lookup(encoders, zones):
+    assert encoders["zones"] == sorted(zones["LocationID"].tolist())
+    assert len(encoders["zone_borough"]) == len(encoders["zones"])
+    assert "Manhattan" in encoders["boroughs"] and encoders["boroughs"] == sorted(
+        set(encoders["boroughs"])
+    )
+
+
+def test_encode_dtypes_and_known_codes(train, encoders):
+    table = encode(train, encoders)
+    assert len(table) == len(train)
+    assert table.dtypes.astype(str).to_dict() == {
+        "pair_code": "int32",
+        "pickup_zone_code": "int16",
+        "dropoff_zone_code": "int16",
+        "pickup_borough_code": "int8",
+        "dropoff_borough_code": "int8",
+        "hour": "int8",
+        "weekday": "int8",
+        "trip_distance": "float64",
+        "duration_minutes": "float64",
+    }
+    # a pair in the vocabulary gets its 1-based position; every known zone a code > 0
+    first = encoders["pairs"][0]
+    a, b = map(int, first.split("-"))
+    rows = (train["pickup_zone"] == a) & (train["dropoff_zone"] == b)
+    pair_sorted = sorted(encoders["pairs"], key=lambda p: tuple(map(int, p.split("-"))))
+    assert (table.loc[rows.to_numpy(), "pair_code"] == pair_sorted.index(first) + 1).all()
+    assert (table["pickup_zone_code"] > 0).all()
+    assert table["hour"].to_numpy().tolist() == train["pickup_datetime"].dt.hour.tolist()
+    assert table["trip_distance"].max() <= FEATURES.clip_distance_miles
+
+
+def test_unseen_pair_and_zone_get_code_zero(train, encoders):
+    row = train.iloc[[0]].copy()
+    seen = set(encoders["pairs"])
+    # a pair of known zones never seen together in January
+    known = encoders["zones"]
+    pickup, dropoff = next((a, b) for a in known for b in known if f"{a}-{b}" not in seen)
+    unseen_pair = row.assign(pickup_zone=np.int32(pickup), dropoff_zone=np.int32(dropoff))
+    coded = encode(unseen_pair, encoders)
+    assert coded["pair_code"].iloc[0] == UNKNOWN
+    assert coded["pickup_zone_code"].iloc[0] > 0
+
+    unknown_zone = row.assign(pickup_zone=np.int32(999))
+    coded = encode(unknown_zone, encoders)
+    assert coded["pickup_zone_code"].iloc[0] == UNKNOWN
+    assert coded["pickup_borough_code"].iloc[0] == UNKNOWN
+    assert coded["pair_code"].iloc[0] == UNKNOWN
+
+
+def test_encoders_json_round_trip_encodes_identically(train, encoders, tmp_path, small_tlc):
+    path = tmp_path / "encoders.json"
+    write_json(path, encoders)
+    loaded = read_json(path)
+    assert loaded == json.loads(json.dumps(encoders))
+    february = clean_month(small_tlc, "2025-02")
+    pd.testing.assert_frame_equal(encode(february, loaded), encode(february, encoders))
+    assert (encode(february, loaded)["pair_code"] == UNKNOWN).any()
