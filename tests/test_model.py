@@ -1,0 +1,128 @@
+"""stages/model.py: design matrix, fit/save/load/predict for every model type, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages import model as m
+from stages.common import BadInputError, parse_section
+from stages.features import encode, fit_encoders, read_zones
+from stages.prepare import clean_trips, read_trips
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def model_params(**changes):
+    raw = RAW_PARAMS["model"] | changes
+    if raw["type"] == "xgboost":  # a small forest keeps the unit test fast
+        raw["xgboost"] = raw["xgboost"] | {"n_rounds": 30}
+    return parse_section("model", raw)
+
+
+@pytest.fixture(scope="module")
+def data(small_tlc: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    prepare = parse_section("prepare", RAW_PARAMS["prepare"])
+    features = parse_section("features", RAW_PARAMS["features"])
+    clean = {
+        month: clean_trips(
+            read_trips(small_tlc / f"green_tripdata_{month}.parquet", "green"), month, prepare
+        )[0]
+        for month in ("2025-01", "2025-02")
+    }
+    encoders = fit_encoders(
+        clean["2025-01"], read_zones(small_tlc / "taxi_zone_lookup.csv"), features
+    )
+    return encode(clean["2025-01"], encoders), encode(clean["2025-02"], encoders), encoders
+
+
+def test_linear_design_shape_nnz_and_int32(data):
+    train, _, encoders = data
+    X = m.linear_design(train, encoders)
+    widths = m.linear_blocks(encoders)
+    assert X.shape == (len(train), sum(widths.values()) + len(m.NUMERIC_COLUMNS))
+    assert X.nnz == len(train) * (len(widths) + len(m.NUMERIC_COLUMNS))
+    assert X.indices.dtype == np.int32 and X.indptr.dtype == np.int32
+    assert X.has_canonical_format
+    # one 1 in each one-hot block per row
+    offsets = np.cumsum([0, *widths.values()])
+    dense_blocks = X[:, : offsets[-1]].toarray()
+    for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
+        assert (dense_blocks[:, lo:hi].sum(axis=1) == 1).all()
+    np.testing.assert_array_equal(X[:, -2].toarray().ravel(), train["trip_distance"])
+    np.testing.assert_allclose(X[:, -1].toarray().ravel(), np.log1p(train["trip_distance"]))
+
+
+@pytest.mark.parametrize("kind", ["ridge", "lasso", "xgboost"])
+def test_fit_save_load_predict_round_trip(kind, data, tmp_path):
+    train, validation, encoders = data
+    params = model_params(type=kind, alpha=0.05 if kind == "lasso" else 1.0)
+    fitted = m.fit(train, encoders, params, seed=42, threads=1)
+    path = tmp_path / "model.json"
+    m.save(fitted, path)
+    loaded = m.load(path)
+    assert loaded["type"] == kind
+    before = m.predict(fitted, validation, encoders, threads=1)
+    after = m.predict(loaded, validation, encoders, threads=1)
+    np.testing.assert_array_equal(before, after)
+    # It has learnt something real: better than predicting the training mean.
+    y = validation[m.TARGET].to_numpy()
+    rmse = np.sqrt(np.mean((after - y) ** 2))
+    baseline = np.sqrt(np.mean((train[m.TARGET].mean() - y) ** 2))
+    assert rmse < 0.8 * baseline
+    if kind == "xgboost":
+        import xgboost as xgb
+
+        booster = xgb.Booster()
+        booster.load_model(str(path))  # XGBoost's own JSON, no pickle
+        assert booster.num_boosted_rounds() == 30
+
+
+def test_ridge_matches_dense_normal_equations(data):
+    train, _, encoders = data
+    alpha = 1.0
+    fitted = m.fit(train, encoders, model_params(type="ridge", alpha=alpha), seed=0, threads=1)
+    X = m.linear_design(train, encoders).toarray()
+    y = train[m.TARGET].to_numpy()
+    Xc, yc = X - X.mean(axis=0), y - y.mean()
+    coef = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(X.shape[1]), Xc.T @ yc)
+    np.testing.assert_allclose(fitted["coef"], coef, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "lasso", "xgboost"])
+def test_same_params_give_byte_identical_model_file(kind, data, tmp_path):
+    train, _, encoders = data
+    params = model_params(type=kind, alpha=0.05 if kind == "lasso" else 1.0)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        m.save(m.fit(train, encoders, params, seed=42, threads=2), path)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_lasso_with_alpha_zero_is_refused(data):
+    train, _, encoders = data
+    with pytest.raises(BadInputError, match="model.alpha"):
+        m.fit(train, encoders, model_params(type="lasso", alpha=0.0), seed=42, threads=1)
+
+
+def test_load_refuses_a_non_model(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text('{"type": "forest"}')
+    with pytest.raises(BadInputError, match="forest"):
+        m.load(path)
+    path.write_text("not json")
+    with pytest.raises(BadInputError, match="model.json"):
+        m.load(path)
+
+
+def test_linear_model_and_other_encoders_disagree(data):
+    train, validation, encoders = data
+    fitted = m.fit(train, encoders, model_params(type="ridge"), seed=42, threads=1)
+    fewer = encoders | {"pairs": encoders["pairs"][:-1]}
+    with pytest.raises(BadInputError, match="retrain"):
+        m.predict(fitted, validation, fewer, threads=1)
