@@ -28,3 +28,6 @@ test-fast: env ## run the unit tests only
 
 lint: env ## ruff lint and format check
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
+
+bench: env ## run every benchmark (about 10 min); results in benchmarks/results/
+	$(UV) run --frozen python -m benchmarks.run

@@ -81,9 +81,9 @@ def mlflow_summary(repo: Path, pipeline_run_id: str, model_md5: str) -> dict[str
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return None  # no store yet; opening one would create it
     try:
-        from stages.tracking import _connect
+        from stages.tracking import connect
 
-        client = _connect(uri)
+        client = connect(uri)
         experiment = client.get_experiment_by_name(
             os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
         )

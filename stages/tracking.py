@@ -150,7 +150,26 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def _connect(uri: str) -> Any:
+def lineage_path(path: Path | str) -> str:
+    """The name a file goes by in lineage tags: relative to the project when inside it.
+
+    dvc.yaml passes relative paths; a stage run by hand may get absolute ones, and MLflow
+    refuses tag keys such as `out//tmp/x` that do not survive path normalisation.
+    """
+    absolute = Path(os.path.abspath(path))
+    try:
+        return absolute.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return "external" + absolute.as_posix()
+
+
+def _file_uri(lineage_name: str) -> str:
+    if lineage_name.startswith("external/"):
+        return Path(lineage_name.removeprefix("external")).as_uri()
+    return Path(lineage_name).resolve().as_uri()
+
+
+def connect(uri: str) -> Any:
     """An MlflowClient whose store answered; TrackingUnavailableError after bounded retries."""
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -189,7 +208,7 @@ def init_store() -> str:
     Many processes opening a fresh SQLite store at once race on its migrations and corrupt it.
     Returns the experiment id.
     """
-    return _experiment_id(_connect(tracking_uri()))
+    return _experiment_id(connect(tracking_uri()))
 
 
 class StageRun:
@@ -215,10 +234,10 @@ class StageRun:
     def add_input(self, path: Path | str) -> None:
         if not Path(path).is_file():
             raise BadInputError(f"{path}: input not found (has the stage producing it run?)")
-        self.inputs[str(path)] = file_md5(path)
+        self.inputs[lineage_path(path)] = file_md5(path)
 
     def add_source(self, path: Path | str, address: str) -> None:
-        self.sources[str(path)] = address
+        self.sources[lineage_path(path)] = address
 
     def log_metrics(self, metrics: Mapping[str, Any]) -> None:
         for key, value in flatten("", metrics).items():
@@ -238,7 +257,8 @@ class StageRun:
 
     def producer_of(self, path: Path | str) -> str | None:
         """The run that wrote this input file (same md5), newest first."""
-        md5 = self.inputs[str(path)]
+        path = lineage_path(path)
+        md5 = self.inputs[path]
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`out/{path}` = '{md5}' and attributes.status = 'FINISHED'",
@@ -265,7 +285,7 @@ class StageRun:
     def _record(self) -> None:
         from mlflow.entities import Metric, RunTag
 
-        outputs = {str(target): file_md5(tmp) for target, tmp in self.outputs.files.items()}
+        outputs = {lineage_path(t): file_md5(tmp) for t, tmp in self.outputs.files.items()}
         tags = {f"in/{p}": h for p, h in self.inputs.items()}
         tags |= {f"out/{p}": h for p, h in outputs.items()}
         tags |= {f"source/{p}": a for p, a in self.sources.items()}
@@ -288,7 +308,7 @@ class StageRun:
         entries = []
         for context, files in (("input", self.inputs), ("output", outputs)):
             for path, md5 in files.items():
-                address = self.sources.get(path, Path(path).resolve().as_uri())
+                address = self.sources.get(path) or _file_uri(path)
                 dataset = MetaDataset(HTTPDatasetSource(address), name=path, digest=md5)
                 entries.append(
                     DatasetInput(
@@ -315,7 +335,8 @@ class StageRun:
                     code_paths=[str(Path(__file__).parent)],
                     pip_requirements=MODEL_REQUIREMENTS,
                 )
-        tags = {"run_id": self.run_id, **spec["tags"], "model_md5": outputs[spec["model"]]}
+        model_md5 = outputs[lineage_path(spec["model"])]
+        tags = {"run_id": self.run_id, **spec["tags"], "model_md5": model_md5}
         self.model_version = mlflow.register_model(info.model_uri, spec["name"], tags=tags)
         self.client.set_tag(self.run_id, "model_name", spec["name"])
         self.client.set_tag(self.run_id, "model_version", str(self.model_version.version))
@@ -337,7 +358,7 @@ def stage_run(
     started = time.perf_counter()
     stage = os.environ.get("DVC_STAGE", stage)  # DVC's own address of the stage, when under DVC
     uri = tracking_uri()
-    client = _connect(uri)
+    client = connect(uri)
     tags = {
         "stage": stage,
         "pipeline_run_id": pipeline_run_id(),
