@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from stages.common import file_md5
+from stages.common import file_md5, load_yaml
 from stages.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
 
 
@@ -175,7 +173,7 @@ def _git(*args: str, cwd: Path | None = None) -> str:
 
 def lock_outputs(lock_text: str) -> dict[str, str]:
     """path -> md5 of every stage output a dvc.lock records."""
-    lock = yaml.safe_load(lock_text) or {}
+    lock = load_yaml(lock_text) or {}
     return {
         out["path"]: out.get("md5", "")
         for entry in (lock.get("stages") or {}).values()
@@ -306,10 +304,10 @@ def reproduce(lineage: Lineage, repo: Path = Path(), keep: Path | None = None) -
         for path in sorted((worktree / "metrics").rglob("*.json")):
             rel = path.relative_to(worktree).as_posix()
             try:
-                committed = yaml.safe_load(_git("show", f"{lineage.commit}:{rel}", cwd=repo))
+                committed = load_yaml(_git("show", f"{lineage.commit}:{rel}", cwd=repo))
             except subprocess.CalledProcessError:
                 committed = None  # not in that commit: cannot be equal
-            metrics[rel] = committed == yaml.safe_load(path.read_text())
+            metrics[rel] = committed == load_yaml(path.read_text())
         return {
             "commit": lineage.commit,
             "model_md5": lineage.model.md5,

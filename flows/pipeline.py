@@ -11,24 +11,51 @@ at once (parallel runs need isolated workspaces, see flows.compare).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import time
+import sys
 from pathlib import Path
-from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.runtime import flow_run, task_run
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-from prefect.states import Completed
+from flows import dvc_stages
 
-from flows import dvc_stages, report
+RETRAIN_CRON = "0 4 * * 1"  # Mondays 04:00: the TLC publishes a month at a time
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
+    parser.add_argument("command", nargs="?", choices=["run", "serve"], default="run")
+    parser.add_argument("--workspace", default=".")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--name", help="DVC experiment name (with --set)")
+    parser.add_argument("--cron", default=RETRAIN_CRON, help="schedule for serve")
+    return parser
+
+
+def _early_plan(argv: list[str]) -> dvc_stages.PlanProcess | None:
+    """For a plain one-off run, ask DVC what is stale while Prefect is being imported below."""
+    args, _ = _parser().parse_known_args(argv)
+    if args.command != "run" or args.overrides or args.name:
+        return None
+    return dvc_stages.PlanProcess.start(Path(args.workspace).resolve())
+
+
+_EARLY_PLAN = _early_plan(sys.argv[1:]) if __name__ == "__main__" else None
+
+# Imported after the child above has started: Prefect's import is the slow part of a no-op run.
+import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.runtime import flow_run, task_run  # noqa: E402
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+
+from flows import report  # noqa: E402
 
 RETRIES = 3
 RETRY_DELAY_SECONDS = 2.0
 RETRY_JITTER_FACTOR = 0.5
 STAGE_TIMEOUT_SECONDS = 3600.0
-RETRAIN_CRON = "0 4 * * 1"  # Mondays 04:00: the TLC publishes a month at a time
 
 
 def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
@@ -115,7 +142,7 @@ def pipeline(
         if overrides:
             dvc_stages.apply_overrides(repo, overrides)
         ran: set[str] = set()
-        for stage in dvc_stages.stage_plan(repo):
+        for stage in _plan(repo, experiment):
             unchanged = not stage.changed and not stage.upstream & ran
             state = runner(
                 stage.name, str(repo), run_id, stage_timeout_seconds, unchanged, return_state=True
@@ -143,6 +170,16 @@ def pipeline(
     }
 
 
+def _plan(repo: Path, experiment: bool) -> list[dvc_stages.PlannedStage]:
+    """The plan the command line started early, if it is for this run; else DVC's, now."""
+    global _EARLY_PLAN  # noqa: PLW0603 - taken once, by the run the command line started
+    early, _EARLY_PLAN = _EARLY_PLAN, None
+    plan = early.result() if early is not None and early.repo == repo else None
+    if plan is None or experiment:
+        return dvc_stages.stage_plan(repo)
+    return plan
+
+
 def _overrides(items: list[str]) -> dict[str, Any] | None:
     """`--set model.alpha=0.05` pairs; the values stay text, as `dvc exp run -S` reads them."""
     if not items:
@@ -155,13 +192,7 @@ def _overrides(items: list[str]) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__)
-    parser.add_argument("command", nargs="?", choices=["run", "serve"], default="run")
-    parser.add_argument("--workspace", default=".")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--name", help="DVC experiment name (with --set)")
-    parser.add_argument("--cron", default=RETRAIN_CRON, help="schedule for serve")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     parameters = {"workspace": str(Path(args.workspace).resolve())}
     if args.overrides or args.name:
         parameters |= {"overrides": _overrides(args.overrides), "experiment_name": args.name}

@@ -10,9 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from stages.common import read_json
+from stages.common import load_yaml, read_json
 from stages.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, project_root
 
 log = logging.getLogger("flows.report")
@@ -63,7 +61,7 @@ def data_hashes(repo: Path) -> list[dict[str, str]]:
     lock_file = repo / "dvc.lock"
     if not lock_file.is_file():
         return []
-    lock = yaml.safe_load(lock_file.read_text()) or {}
+    lock = load_yaml(lock_file.read_text()) or {}
     return [
         {"stage": stage, "path": out["path"], "md5": out.get("md5", "")}
         for stage, entry in lock.get("stages", {}).items()

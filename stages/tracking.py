@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from stages.common import BadInputError, StagedOutputs, TransientError, file_md5
+from stages.common import BadInputError, StagedOutputs, TransientError, file_md5, load_yaml
 
 log = logging.getLogger("stages.tracking")
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -125,11 +125,9 @@ def lock_lineage(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
 
     Read while train runs: by then DVC has written the entries of every upstream stage.
     """
-    import yaml
-
     if not lock_file.is_file():
         return {}
-    lock = yaml.safe_load(lock_file.read_text()) or {}
+    lock = load_yaml(lock_file.read_text()) or {}
     tags = {"dvc_lock_md5": file_md5(lock_file)}
     for stage, entry in (lock.get("stages") or {}).items():
         if stage.split("@")[0].startswith("ingest"):

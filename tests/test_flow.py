@@ -162,10 +162,17 @@ def test_override_args_are_dvc_exp_run_set_syntax() -> None:
 def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness: None) -> None:
     from flows.pipeline import pipeline
 
+    # The command line's early plan (a child process) is DVC's in-process verdict.
+    plan = dvc_stages.stage_plan(project)
+    assert [p.name for p in plan] == STAGES and all(p.changed for p in plan)
+    assert dvc_stages.PlanProcess.start(project).result() == plan
+
     first = pipeline(workspace=str(project), retry_delay_seconds=1)
     assert [o["stage"] for o in first["stages"]] == STAGES
     assert {o["status"] for o in first["stages"]} == {"ran"}
     assert "up to date" in run(["dvc", "status"], project).stdout
+    plan = dvc_stages.PlanProcess.start(project).result()
+    assert plan == dvc_stages.stage_plan(project) and not any(p.changed for p in plan)
     validation = next(m for m in first["metrics"] if m["split"] == "validation")
     assert validation["rmse"] > 0 and validation["rows"] > 1000
     record = first["mlflow"]
