@@ -166,6 +166,23 @@ def xgb_matrix(features: pd.DataFrame) -> np.ndarray:
     return features[list(XGB_COLUMNS)].to_numpy(np.float32)
 
 
+def xgb_row_order(features: pd.DataFrame) -> np.ndarray:
+    """Training rows by pickup zone, dropoff zone, distance (stable, so deterministic).
+
+    The rows of one tree node then lie close together in XGBoost's binned matrix, and building
+    its histograms streams memory instead of gathering from all of it: at 2.85M trips a round
+    takes 135 ms instead of 318 ms, and the cost per row stays flat from 178k rows up
+    (benchmarks/results/FINDINGS.md).
+    """
+    return np.lexsort(
+        (
+            features["trip_distance"].to_numpy(),
+            features["dropoff_zone_code"].to_numpy(),
+            features["pickup_zone_code"].to_numpy(),
+        )
+    )
+
+
 def fit(
     features: pd.DataFrame, encoders: dict, params: ModelParams, seed: int, threads: int
 ) -> dict[str, Any]:
@@ -194,9 +211,10 @@ def fit(
     import xgboost as xgb
 
     xp = params.xgboost
+    order = xgb_row_order(features)
     dtrain = xgb.DMatrix(
-        xgb_matrix(features),
-        label=y,
+        xgb_matrix(features)[order],
+        label=y[order],
         feature_names=list(XGB_COLUMNS),
         feature_types=list(XGB_TYPES),
         enable_categorical=True,

@@ -126,3 +126,12 @@ def test_linear_model_and_other_encoders_disagree(data):
     fewer = encoders | {"pairs": encoders["pairs"][:-1]}
     with pytest.raises(BadInputError, match="retrain"):
         m.predict(fitted, validation, fewer, threads=1)
+
+
+def test_xgb_row_order_sorts_by_zones_then_distance_stably(data) -> None:
+    train, _, _ = data
+    order = m.xgb_row_order(train)
+    assert sorted(order) == list(range(len(train)))
+    keys = train[["pickup_zone_code", "dropoff_zone_code", "trip_distance"]].iloc[order]
+    expected = train.reset_index(drop=True).sort_values(list(keys.columns), kind="stable")
+    assert np.array_equal(order, expected.index.to_numpy())
