@@ -135,3 +135,16 @@ def test_xgb_row_order_sorts_by_zones_then_distance_stably(data) -> None:
     keys = train[["pickup_zone_code", "dropoff_zone_code", "trip_distance"]].iloc[order]
     expected = train.reset_index(drop=True).sort_values(list(keys.columns), kind="stable")
     assert np.array_equal(order, expected.index.to_numpy())
+
+
+def test_slot_moments_equal_the_sparse_products(data) -> None:
+    train, _, encoders = data
+    slots = m.design(train, encoders)
+    X = m.linear_design(train, encoders)
+    assert slots.shape == X.shape
+    y = train[m.TARGET].to_numpy()
+    gram, mean_x, mean_y, moment = m.centred_moments(slots, y)
+    np.testing.assert_allclose(gram.toarray(), (X.T @ X).toarray(), rtol=1e-12)
+    np.testing.assert_allclose(mean_x, np.asarray(X.mean(axis=0)).ravel(), rtol=1e-12)
+    expected = X.T @ y - X.shape[0] * mean_x * mean_y
+    np.testing.assert_allclose(moment, expected, rtol=1e-9, atol=1e-9)
