@@ -87,7 +87,9 @@ def design(features: pd.DataFrame, encoders: dict) -> Design:
     distance = features["trip_distance"].to_numpy(np.float64)
     values[n_blocks] = distance
     values[n_blocks + 1] = np.log1p(distance)
-    return Design(columns, values, starts, widths, (True,) * n_blocks + (False,) * 2)
+    return Design(
+        columns, values, starts, widths, (True,) * n_blocks + (False,) * len(NUMERIC_COLUMNS)
+    )
 
 
 def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
+
+from stages.common import parse_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TLC = ROOT.parent / "shared" / "nyc-taxi"
@@ -16,6 +19,21 @@ MONTHS = ("2025-01", "2025-02", "2025-03")
 # Files and folders a temporary project needs: the pipeline definition and its code.
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "pyproject.toml")
 SAMPLE_STRIDE = 15  # every 15th trip: about 3,200 real trips a month
+# The project's own params.yaml: what the unit tests hold the stage functions to.
+PROJECT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def project_section(name: str):
+    """A validated section of the project's params.yaml."""
+    return parse_section(name, PROJECT_PARAMS[name])
+
+
+def clean_month(mirror: Path, month: str):
+    """One month of `mirror` read and cleaned with the project's prepare params."""
+    from stages.prepare import clean_trips, read_trips
+
+    trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
+    return clean_trips(trips, month, project_section("prepare"))[0]
 
 
 @pytest.fixture(scope="session")

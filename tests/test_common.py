@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
@@ -17,13 +16,11 @@ from stages.common import (
     read_json,
     write_json,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+from tests.conftest import PROJECT_PARAMS, ROOT
 
 
 def section(name: str) -> dict:
-    return copy.deepcopy(PARAMS[name])
+    return copy.deepcopy(PROJECT_PARAMS[name])
 
 
 def refused(name: str, raw: dict) -> str:
@@ -97,7 +94,7 @@ def test_each_split_needs_a_month(split):
 
 
 def test_load_params_names_the_file_and_param(tmp_path):
-    params = copy.deepcopy(PARAMS)
+    params = copy.deepcopy(PROJECT_PARAMS)
     params["model"]["alpha"] = -0.5
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -108,7 +105,7 @@ def test_load_params_names_the_file_and_param(tmp_path):
 
 def test_missing_section_is_refused(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"base": PARAMS["base"]}))
+    path.write_text(yaml.safe_dump({"base": PROJECT_PARAMS["base"]}))
     with pytest.raises(BadInputError, match="'model' is missing"):
         load_params("model", path=path)
 

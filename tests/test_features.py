@@ -8,21 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from stages.common import FeaturesParams, parse_section, read_json, write_json
+from stages.common import FeaturesParams, read_json, write_json
 from stages.features import UNKNOWN, encode, fit_encoders, read_zones
-from stages.prepare import clean_trips, read_trips
+from tests.conftest import clean_month, project_section
 
-ROOT = Path(__file__).resolve().parents[1]
-RAW_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-PREPARE = parse_section("prepare", RAW_PARAMS["prepare"])
-FEATURES = parse_section("features", RAW_PARAMS["features"])
-
-
-def clean_month(mirror: Path, month: str) -> pd.DataFrame:
-    trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
-    return clean_trips(trips, month, PREPARE)[0]
+FEATURES = project_section("features")
 
 
 @pytest.fixture(scope="module")

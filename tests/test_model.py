@@ -7,19 +7,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from stages import model as m
 from stages.common import BadInputError, parse_section
 from stages.features import encode, fit_encoders, read_zones
-from stages.prepare import clean_trips, read_trips
-
-ROOT = Path(__file__).resolve().parents[1]
-RAW_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+from tests.conftest import PROJECT_PARAMS, clean_month, project_section
 
 
 def model_params(**changes):
-    raw = RAW_PARAMS["model"] | changes
+    raw = PROJECT_PARAMS["model"] | changes
     if raw["type"] == "xgboost":  # a small forest keeps the unit test fast
         raw["xgboost"] = raw["xgboost"] | {"n_rounds": 30}
     return parse_section("model", raw)
@@ -27,17 +23,9 @@ def model_params(**changes):
 
 @pytest.fixture(scope="module")
 def data(small_tlc: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    prepare = parse_section("prepare", RAW_PARAMS["prepare"])
-    features = parse_section("features", RAW_PARAMS["features"])
-    clean = {
-        month: clean_trips(
-            read_trips(small_tlc / f"green_tripdata_{month}.parquet", "green"), month, prepare
-        )[0]
-        for month in ("2025-01", "2025-02")
-    }
-    encoders = fit_encoders(
-        clean["2025-01"], read_zones(small_tlc / "taxi_zone_lookup.csv"), features
-    )
+    clean = {month: clean_month(small_tlc, month) for month in ("2025-01", "2025-02")}
+    zones = read_zones(small_tlc / "taxi_zone_lookup.csv")
+    encoders = fit_encoders(clean["2025-01"], zones, project_section("features"))
     return encode(clean["2025-01"], encoders), encode(clean["2025-02"], encoders), encoders
 
 

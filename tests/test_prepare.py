@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from stages.common import BadInputError, PrepareParams, parse_section
+from stages.common import BadInputError, PrepareParams
 from stages.prepare import CLEAN_COLUMNS, clean_trips, read_trips
+from tests.conftest import project_section
 
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = parse_section("prepare", yaml.safe_load((ROOT / "params.yaml").read_text())["prepare"])
+PARAMS = project_section("prepare")
 
 
 @pytest.fixture(scope="module")
