@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import pipeline
 from stages.common import read_json
+from workspaces.locks import shared_git_state
 
 DEFAULT_PARAM_SETS: list[dict[str, Any]] = [
     {"model.type": "ridge", "model.alpha": 1.0},
@@ -35,8 +35,6 @@ DEFAULT_PARAM_SETS: list[dict[str, Any]] = [
     {"model.type": "xgboost"},
 ]
 PARALLEL_RUNS = 2
-# `git worktree add/remove` edit shared files under .git: one at a time.
-_GIT_LOCK = threading.Lock()
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -51,14 +49,14 @@ def isolated_workspace(repo: Path, cache_dir: str) -> Iterator[Path]:
     """A git worktree of HEAD on `repo`'s DVC cache, HEAD's outputs checked out; removed after."""
     parent = Path(tempfile.mkdtemp(prefix="compare-models-"))
     workspace = parent / "repo"
-    with _GIT_LOCK:
+    with shared_git_state(repo, f"git worktree add {workspace}"):
         _run(["git", "worktree", "add", "--detach", str(workspace), "HEAD"], repo)
     try:
         _run(["dvc", "cache", "dir", "--local", cache_dir], workspace)
         _run(["dvc", "checkout", "--allow-missing", "--quiet"], workspace)
         yield workspace
     finally:
-        with _GIT_LOCK:
+        with shared_git_state(repo, f"git worktree remove {workspace}"):
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(workspace)], cwd=repo, check=False
             )

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workspaces.locks import shared_git_state
+
 # The stage's own refusal (stages.common.run_stage) and its exit status, as DVC relays them.
 BAD_INPUT_PREFIX = "BAD INPUT in stage"
 TRANSIENT_PREFIX = "TRANSIENT FAILURE in stage"
@@ -26,8 +28,6 @@ LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy")
 SKIPPED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
 # After SIGINT, the stage gets this long to stop before SIGKILL.
 KILL_GRACE_SECONDS = 10.0
-# Experiments of parallel worktrees are refs of one git repository: saved one at a time.
-_EXP_SAVE_LOCK = threading.Lock()
 
 
 class StageError(RuntimeError):
@@ -244,11 +244,18 @@ def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
 
     `dvc exp save` leaves untracked files out, and in a fresh clone the git-tracked outputs
     (metrics, plots) and dvc.lock are untracked; `dvc exp run` would have committed them.
+
+    Saves of all worktrees of one repository take turns (workspaces.locks.shared_git_state):
+    each writes the same shared refs under refs/exps/exec, and two at once fail or, worse,
+    file one worktree's commit under the other's baseline.
     """
     cmd = ["dvc", "exp", "save", "--name", name]
     for path in _untracked(repo, ["dvc.lock", *git_tracked_outputs(repo)]):
         cmd += ["--include-untracked", path]
-    proc = subprocess.run(cmd, cwd=repo, env=dict(env), capture_output=True, text=True, check=False)
+    with shared_git_state(repo, f"dvc exp save --name {name} in {repo}"):
+        proc = subprocess.run(
+            cmd, cwd=repo, env=dict(env), capture_output=True, text=True, check=False
+        )
     if proc.returncode != 0:
         raise StageError(f"dvc exp save failed:\n{proc.stdout}{proc.stderr}")
     return name

@@ -1,0 +1,1 @@
+"""Git and DVC workspaces: locks on shared repository state, worktrees, experiments. No Prefect."""
