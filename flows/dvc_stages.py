@@ -16,9 +16,6 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from workspaces.locks import shared_git_state
 
 # The stage's own refusal (stages.common.run_stage) and its exit status, as DVC relays them.
 BAD_INPUT_PREFIX = "BAD INPUT in stage"
@@ -214,75 +211,6 @@ def _take_indented(lines: list[str]) -> list[str]:
             break
         taken.append(line)
     return taken
-
-
-def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """`{"model.alpha": 0.05}` as the `-S` arguments of `dvc exp run` (Hydra override syntax)."""
-    args = []
-    for key, value in overrides.items():
-        if isinstance(value, bool):
-            text = str(value).lower()
-        elif isinstance(value, str):
-            text = value
-        else:
-            text = repr(value) if isinstance(value, float) else str(value)
-        args.append(f"{key}={text}")
-    return args
-
-
-def apply_overrides(repo: Path, overrides: Mapping[str, Any]) -> None:
-    """Write the overrides into the param files with the code `dvc exp run -S` uses."""
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import apply_overrides as dvc_apply
-
-    for path, items in to_path_overrides(override_args(overrides)).items():
-        dvc_apply(repo / path, items)
-
-
-def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
-    """`dvc exp save` the workspace as experiment `name`, its metrics and dvc.lock included.
-
-    `dvc exp save` leaves untracked files out, and in a fresh clone the git-tracked outputs
-    (metrics, plots) and dvc.lock are untracked; `dvc exp run` would have committed them.
-
-    Saves of all worktrees of one repository take turns (workspaces.locks.shared_git_state):
-    each writes the same shared refs under refs/exps/exec, and two at once fail or, worse,
-    file one worktree's commit under the other's baseline.
-    """
-    cmd = ["dvc", "exp", "save", "--name", name]
-    for path in _untracked(repo, ["dvc.lock", *git_tracked_outputs(repo)]):
-        cmd += ["--include-untracked", path]
-    with shared_git_state(repo, f"dvc exp save --name {name} in {repo}"):
-        proc = subprocess.run(
-            cmd, cwd=repo, env=dict(env), capture_output=True, text=True, check=False
-        )
-    if proc.returncode != 0:
-        raise StageError(f"dvc exp save failed:\n{proc.stdout}{proc.stderr}")
-    return name
-
-
-def git_tracked_outputs(repo: Path) -> list[str]:
-    """Outputs DVC leaves to git (`cache: false`: metrics, plots), relative to `repo`."""
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        root = Path(dvc_repo.root_dir)
-        return sorted(
-            Path(out.fs_path).relative_to(root).as_posix()
-            for out in dvc_repo.index.outs
-            if not out.use_cache
-        )
-
-
-def _untracked(repo: Path, paths: list[str]) -> list[str]:
-    proc = subprocess.run(
-        ["git", "ls-files", "--others", "--exclude-standard", "--", *paths],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout.split()
 
 
 if __name__ == "__main__":  # the child of PlanProcess

@@ -51,6 +51,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settin
 from prefect.states import Completed  # noqa: E402
 
 from flows import report  # noqa: E402
+from workspaces import experiments  # noqa: E402
 
 RETRIES = 3
 RETRY_DELAY_SECONDS = 2.0
@@ -140,7 +141,7 @@ def pipeline(
     outcomes = []
     try:
         if overrides:
-            dvc_stages.apply_overrides(repo, overrides)
+            experiments.apply_overrides(repo, overrides)
         ran: set[str] = set()
         for stage in _plan(repo, experiment):
             unchanged = not stage.changed and not stage.upstream & ran
@@ -158,7 +159,7 @@ def pipeline(
     saved = None
     if experiment:
         name = experiment_name or f"flow-{flow_run.name}"
-        saved = dvc_stages.save_experiment(repo, name, os.environ)
+        saved = experiments.save_experiment(repo, name, os.environ)
         get_run_logger().info("saved DVC experiment %s", saved)
     summary = report.publish(repo, outcomes, run_id, saved)
     return {

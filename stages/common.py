@@ -55,7 +55,32 @@ def check_month(value: str) -> str:
     try:
         return _month(value)
     except ValueError as exc:
-        raise BadInputError(str(exc)) from None
+        raise BadInputError(f"data.months: {exc}") from None
+
+
+# DVC names the stage it runs in this variable: `prepare@2025-01` for a foreach item.
+STAGE_ENV = "DVC_STAGE"
+
+
+def stage_item(given: str | None) -> str:
+    """The foreach item (`data.months` key) of the stage DVC runs, or `given` when run by hand.
+
+    dvc.yaml never interpolates a param into a `cmd`: DVC runs `cmd` through a shell, and a
+    param value there (`-S "data.colour=green$(...)"`) would be executed before any stage
+    could validate it. A stage learns its item from DVC's own stage name instead.
+    """
+    under_dvc = os.environ.get(STAGE_ENV, "").rpartition(":")[2]
+    item = under_dvc.partition("@")[2] if "@" in under_dvc else None
+    if given and item and given != item:
+        raise BadInputError(f"{given!r} (command line) differs from DVC's stage {under_dvc!r}")
+    if not (given or item):
+        raise BadInputError(f"no item: pass it on the command line or run under DVC ({STAGE_ENV})")
+    return given or item or ""
+
+
+def fill_path(template: str, **fields: str) -> Path:
+    """A declared path from dvc.yaml's `{field}` template and validated param values."""
+    return Path(template.format(**fields))
 
 
 Month = Annotated[str, AfterValidator(_month)]
@@ -65,7 +90,8 @@ SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
 class _Section(BaseModel):
     # Unknown keys are errors: `-S model.alhpa=0.05` must not silently do nothing.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are errors too: `model.alpha=1e309` must fail here, not after the fit.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BaseParams(_Section):
@@ -149,7 +175,7 @@ SECTIONS: dict[str, type[_Section]] = {
 S = TypeVar("S", bound=_Section)
 
 
-def parse_section(name: str, raw: Any, path: Path = PARAMS_FILE) -> _Section:
+def parse_section(name: str, raw: Any, path: Path | str = PARAMS_FILE) -> _Section:
     """Validate one params section; the error names every offending key and what was expected."""
     if name not in SECTIONS:
         raise BadInputError(f"{path}: unknown params section {name!r}")
@@ -169,6 +195,20 @@ def parse_section(name: str, raw: Any, path: Path = PARAMS_FILE) -> _Section:
 def load_yaml(text: str) -> Any:
     """Safe YAML, through libyaml where PyYAML was built with it (dvc.lock: 60 ms -> 6 ms)."""
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+
+
+def validate_params_text(text: str, name: str) -> dict[str, Any]:
+    """Every section of a params file's text, validated; BadInputError names each bad key."""
+    try:
+        raw = load_yaml(text) or {}
+    except yaml.YAMLError as exc:
+        raise BadInputError(f"{name}: not YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise BadInputError(f"{name}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise BadInputError(f"{name}: unknown params section(s) {', '.join(map(repr, unknown))}")
+    return {section: parse_section(section, raw.get(section), name) for section in SECTIONS}
 
 
 def load_params(*sections: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -261,6 +301,7 @@ def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
 
 def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
     """Run a stage's main(); bad input ends with one clear line and exit status 65."""
+    name = os.environ.get(STAGE_ENV) or name  # DVC's address: prepare@2025-01, not prepare
     logging.basicConfig(
         level=os.environ.get("PIPELINE_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {name} %(levelname)s %(message)s",

@@ -17,7 +17,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from stages.common import BadInputError, TransientError, check_month, load_params, run_stage
+from stages.common import (
+    BadInputError,
+    TransientError,
+    check_month,
+    fill_path,
+    load_params,
+    run_stage,
+    stage_item,
+)
 from stages.tlc import check_trip_file, check_zone_file, trip_file_name
 from stages.tracking import stage_run
 
@@ -79,14 +87,14 @@ def check_published_sha256(source: str, path: Path) -> None:
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("what", choices=["trips", "zones"])
-    parser.add_argument("--month", help="YYYY-MM, for trips")
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--month", help="YYYY-MM (default: the item of the DVC stage)")
+    parser.add_argument("--out", required=True, help="path; {colour} and {month} are filled in")
     args = parser.parse_args(argv)
 
     params = load_params("data")
     data = params["data"]
     if args.what == "trips":
-        month = check_month(args.month or "")
+        month = check_month(stage_item(args.month))
         stage, name = f"ingest@{month}", trip_file_name(data.colour, month)
         source = resolve_source(
             f"{data.trips_url.rstrip('/')}/{name}", name, os.environ.get(SOURCE_ENV)
@@ -94,18 +102,20 @@ def main(argv: list[str] | None) -> None:
     else:
         stage, name = "ingest_zones", Path(data.zones_url).name
         source = resolve_source(data.zones_url, name, os.environ.get(SOURCE_ENV))
+        month = ""
+    out = fill_path(args.out, colour=data.colour, month=month)
 
     with stage_run(stage, params) as run:
-        raw = run.output(args.out)
+        raw = run.output(out)
         fetch(source, raw)
         check_published_sha256(source, raw)
         if args.what == "trips":
             rows = check_trip_file(raw, data.colour, source)
         else:
             rows = check_zone_file(raw, source)
-        run.add_source(args.out, source)
+        run.add_source(out, source)
         run.log_metrics({"rows": rows})
-    log.info("%s -> %s: %d rows", source, args.out, rows)
+    log.info("%s -> %s: %d rows", source, out, rows)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ from stages.common import (
     BadInputError,
     PrepareParams,
     check_month,
+    fill_path,
     load_params,
     run_stage,
+    stage_item,
     write_json,
 )
 from stages.tlc import check_trip_schema, trip_columns
@@ -94,19 +96,24 @@ def clean_trips(
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--month", required=True)
-    parser.add_argument("--raw", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--quality", required=True, type=Path, help="data-quality metrics JSON")
+    parser.add_argument("--month", help="YYYY-MM (default: the item of the DVC stage)")
+    # Path templates: {colour} and {month} are filled in from validated params.
+    parser.add_argument("--raw", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quality", required=True, help="data-quality metrics JSON")
     args = parser.parse_args(argv)
 
     params = load_params("data", "prepare")
-    month = check_month(args.month)
-    with stage_run(f"prepare@{month}", params, inputs=[args.raw]) as run:
-        trips = read_trips(args.raw, params["data"].colour)
+    month = check_month(stage_item(args.month))
+    colour = params["data"].colour
+    raw, out, quality = (
+        fill_path(t, colour=colour, month=month) for t in (args.raw, args.out, args.quality)
+    )
+    with stage_run(f"prepare@{month}", params, inputs=[raw]) as run:
+        trips = read_trips(raw, colour)
         clean, report = clean_trips(trips, month, params["prepare"])
-        clean.to_parquet(run.output(args.out), index=False, compression="zstd")
-        write_json(run.output(args.quality), report)
+        clean.to_parquet(run.output(out), index=False, compression="zstd")
+        write_json(run.output(quality), report)
         run.log_metrics(report)
     log.info(
         "%s: %d -> %d trips, dropped %s",

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_TLC = ROOT.parent / "shared" / "nyc-taxi"
 MONTHS = ("2025-01", "2025-02", "2025-03")
 # Files and folders a temporary project needs: the pipeline definition and its code.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "pyproject.toml")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "workspaces", "pyproject.toml")
 SAMPLE_STRIDE = 15  # every 15th trip: about 3,200 real trips a month
 # The project's own params.yaml: what the unit tests hold the stage functions to.
 PROJECT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

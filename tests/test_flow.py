@@ -19,7 +19,9 @@ import pytest
 import yaml
 
 from flows import dvc_stages
+from stages.common import BadInputError
 from tests.conftest import run
+from workspaces import experiments
 
 STAGES = [
     "ingest@2025-01",
@@ -151,7 +153,7 @@ def test_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_override_args_are_dvc_exp_run_set_syntax() -> None:
-    args = dvc_stages.override_args({"model.alpha": 0.05, "model.type": "lasso", "x.flag": True})
+    args = experiments.override_args({"model.alpha": 0.05, "model.type": "lasso", "x.flag": True})
     assert args == ["model.alpha=0.05", "model.type=lasso", "x.flag=true"]
 
 
@@ -246,25 +248,77 @@ def test_held_lock_is_retried_and_the_flow_completes(project: Path, prefect_harn
 def test_bad_input_fails_once_with_the_stage_message(project: Path, prefect_harness: None) -> None:
     from flows.pipeline import pipeline
 
+    # An override the params schema refuses: the flow fails before any stage, naming it.
     params_before = (project / "params.yaml").read_text()
     state = pipeline(
-        workspace=str(project),
-        overrides={"model.alpha": -1},
-        retries=3,
-        retry_delay_seconds=1,
-        return_state=True,
+        workspace=str(project), overrides={"model.alpha": -1}, retries=3, return_state=True
     )
+    assert state.is_failed() and "model.alpha" in state.message
+    with pytest.raises(BadInputError, match=r"model\.alpha.*got -1"):
+        state.result()
+    assert task_runs(str(state.state_details.flow_run_id)) == {}
+    assert (project / "params.yaml").read_text() == params_before
+
+    # Input only a stage can judge (every trip filtered out): that stage fails once.
+    (project / "params.yaml").write_text(
+        params_before.replace("max_distance_miles: 100", "max_distance_miles: 0.001")
+    )
+    state = pipeline(workspace=str(project), retries=3, retry_delay_seconds=1, return_state=True)
     assert state.is_failed()
-    assert "BAD INPUT in stage train" in state.message and "model.alpha" in state.message
-    with pytest.raises(dvc_stages.BadStageInput, match=r"model\.alpha.*got -1"):
+    assert "BAD INPUT in stage prepare@2025-01" in state.message and "every one of" in state.message
+    with pytest.raises(dvc_stages.BadStageInput, match=r"month 2025-01"):
         state.result()
     runs = task_runs(str(state.state_details.flow_run_id))
-    assert runs["train"].run_count == 1 and runs["train"].state.is_failed()
-    assert "evaluate" not in runs
-    # Nothing half-done: params back as they were, no model, dvc.lock without train.
+    assert runs["prepare@2025-01"].run_count == 1 and runs["prepare@2025-01"].state.is_failed()
+    assert "features" not in runs
+    # Nothing half-done: no cleaned month, dvc.lock without prepare.
+    assert not (project / "data" / "clean" / "trips_2025-01.parquet").exists()
+    assert "prepare@2025-01" not in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+
+
+@pytest.mark.slow
+def test_deployment_parameters_never_reach_a_shell(
+    project: Path, prefect_harness: None, tmp_path: Path
+) -> None:
+    """A run of the served deployment, started with a payload in its `overrides` parameter."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    canary = tmp_path / "CANARY"
+    params_before = (project / "params.yaml").read_text()
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "serve", "--workspace", str(project)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        flow_run = None
+        deadline = time.monotonic() + 120
+        while flow_run is None:
+            try:
+                flow_run = run_deployment(
+                    "taxi-pipeline/retrain",
+                    parameters={"overrides": {"data.colour": f"'green$(touch {canary})'"}},
+                    timeout=180,
+                )
+            except Exception:  # the deployment is not registered yet
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(1)
+        assert flow_run.state.is_failed(), flow_run.state
+        assert "data.colour" in flow_run.state.message, flow_run.state.message
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+    assert not canary.exists()
     assert (project / "params.yaml").read_text() == params_before
-    assert not (project / "models" / "model.json").exists()
-    assert "train" not in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
 
 
 @pytest.mark.slow
@@ -278,6 +332,17 @@ def test_experiment_mode_equals_dvc_exp_run(project: Path, tmp_path: Path) -> No
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     }
     env.pop("PREFECT_API_URL", None)
+    canary = tmp_path / "CANARY"
+    refused = run(
+        [sys.executable, "-m", "flows.pipeline", "--set", f"data.colour='green$(touch {canary})'"],
+        project,
+        env,
+        check=False,
+    )
+    assert refused.returncode != 0 and "data.colour" in refused.stderr, refused.stderr
+    assert not canary.exists()
+    assert run(["git", "status", "--porcelain"], project).stdout == ""
+
     cli = [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.05"]
     flow_run = run([*cli, "--name", "flow-alpha"], project, env)
     assert "saved DVC experiment flow-alpha" in flow_run.stderr + flow_run.stdout

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.dvc_stages import apply_overrides, save_experiment
 from tests.conftest import run
+from workspaces.experiments import apply_overrides, save_experiment
 from workspaces.locks import LockTimeoutError, file_lock, git_common_dir, shared_git_state
 
 HOLD = """

@@ -182,5 +182,50 @@ def test_bad_input_fails_clearly_and_leaves_outputs_and_lock(
     failing_repro(built, "data.months", "2025-13")
     restore()
 
+    # (f) a non-finite alpha is refused before anything is fitted
+    edit_params(built, lambda p: p["model"].update(alpha=float("inf")))
+    failing_repro(built, "model.alpha", "finite")
+    restore()
+
     # and the good params still need nothing
     assert "Data and pipelines are up to date" in dvc(built, "repro").stdout
+
+
+def test_no_param_value_reaches_a_shell(built: Path, tmp_path: Path):
+    """Shell payloads in every param a stage name or path is built from: never executed."""
+    canary = tmp_path / "CANARY"
+    payload = f"$(touch {canary})"
+    good_params = (built / "params.yaml").read_bytes()
+    before = snapshot(built)
+
+    def restore() -> None:
+        (built / "params.yaml").write_bytes(good_params)
+        assert snapshot(built) == before
+        assert not canary.exists()
+
+    edit_params(built, lambda p: p["data"].update(colour=f"green{payload}"))
+    failing_repro(built, "BAD INPUT", "data.colour", "got 'green$(touch")
+    restore()
+
+    def month_key(p: dict) -> None:
+        p["data"]["months"][f"2025-01{payload}"] = p["data"]["months"].pop("2025-01")
+
+    edit_params(built, month_key)
+    failing_repro(built, "BAD INPUT", "data.months", "expected a month as YYYY-MM")
+    restore()
+
+    edit_params(built, lambda p: p["model"].update(type=f"ridge{payload}"))
+    failing_repro(built, "BAD INPUT in stage train", "model.type")
+    restore()
+
+    # dvc exp run -S leaves its payload in params.yaml: the next dvc repro refuses it again.
+    proc = dvc(built, "exp", "run", "-S", f"data.colour='green{payload}'", check=False)
+    assert proc.returncode != 0 and "data.colour" in proc.stderr, proc.stderr
+    assert not canary.exists()
+    assert yaml.safe_load((built / "params.yaml").read_text())["data"]["colour"].endswith(payload)
+    failing_repro(built, "data.colour")
+    # dvc exp run took the raw files of the good colour out of the workspace (they are no
+    # outputs of its pipeline); DVC's cache still holds them.
+    (built / "params.yaml").write_bytes(good_params)
+    dvc(built, "checkout")
+    restore()
