@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -21,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from workspaces.scratch import scratch_project
+
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "pyproject.toml", ".gitignore")
 IMPORT_REPEATS = 3
 NOOP_REPEATS = 3
 TOP_OFFENDERS = 4
@@ -83,26 +83,6 @@ def import_costs() -> dict[str, Any]:
     return {"bare_python_seconds": round(bare, 3), "modules": modules}
 
 
-def temp_project(dest: Path, env: dict) -> Path:
-    """A fresh git + DVC repository holding this project's pipeline definition and code."""
-    dest.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copyfile(src, dest / name)
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "pipeline"],
-    ):
-        timed(cmd, dest, env)
-    return dest
-
-
 def project_env(workdir: Path, tlc_source: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -148,7 +128,7 @@ def mlflow_seconds(tracking_uri: str) -> dict[str, Any]:
 def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
     """`dvc repro` from nothing, then with nothing to do, in a temporary copy of the project."""
     env = project_env(workdir, tlc_source)
-    repo = temp_project(workdir / "project", env)
+    repo = scratch_project(workdir / "project", env)
     full, _ = timed(["dvc", "repro"], repo, env)
     noop = []
     for _ in range(NOOP_REPEATS):
@@ -160,19 +140,11 @@ def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
         "noop_best_seconds": round(min(noop), 3),
         "noop_output": proc.stdout.strip().splitlines()[-1:],
     }
-    if any((repo / "stages").glob("tracking.py")):
-        result["mlflow"] = mlflow_seconds(env["MLFLOW_TRACKING_URI"])
+    result["mlflow"] = mlflow_seconds(env["MLFLOW_TRACKING_URI"])
     return result
 
 
-def flow_command(project: Path) -> list[str] | None:
-    """`python -m flows.pipeline`, or else the first flows/ module with a flow and a __main__."""
-    paths = sorted((project / "flows").glob("*.py"), key=lambda p: (p.stem != "pipeline", p.stem))
-    for path in paths:
-        text = path.read_text()
-        if "@flow" in text and '__name__ == "__main__"' in text:
-            return [sys.executable, "-m", f"flows.{path.stem}"]
-    return None
+FLOW_COMMAND = [sys.executable, "-m", "flows.pipeline"]
 
 
 def _free_port() -> int:
@@ -217,15 +189,10 @@ def prefect_server(env: dict[str, str], timeout: float = SERVER_START_TIMEOUT) -
 def prefect_overhead(workdir: Path, tlc_source: Path, bare_noop_seconds: float) -> dict[str, Any]:
     """The Prefect flow with nothing to do, against bare no-op `dvc repro` in the same project."""
     repo = workdir / "project"
-    command = flow_command(repo)
-    if command is None:
-        return {
-            "available": False,
-            "note": "flows/ holds no runnable Prefect flow yet (being built); not measured",
-        }
+    command = FLOW_COMMAND
     env = project_env(workdir, tlc_source)
     env.pop("PREFECT_API_URL", None)
-    result: dict[str, Any] = {"available": True, "command": " ".join(command[1:])}
+    result: dict[str, Any] = {"command": " ".join(command[1:])}
     with prefect_server(env) as url:
         served = {**env, "PREFECT_API_URL": url}
         runs = [timed(command, repo, served)[0] for _ in range(NOOP_REPEATS)]

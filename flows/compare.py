@@ -4,19 +4,14 @@
     python -m flows.compare --set model.type=lasso,model.alpha=0.01 --set model.type=xgboost
 
 Each param set runs the `taxi-pipeline` flow in its own git worktree of HEAD (sharing the DVC
-cache, so unchanged stages are checked out, not rerun): DVC cannot run two stages of one
-workspace at once, so parallel runs never share one. Two at a time by default (2 cores).
+cache, so unchanged stages are checked out, not rerun: workspaces.worktrees): DVC cannot run
+two stages of one workspace at once, so parallel runs never share one. Two at a time by
+default (2 cores); their `dvc exp save`s take turns (workspaces.experiments).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.pipeline import pipeline
+from flows.pipeline_flow import pipeline
 from stages.common import read_json
-from workspaces.locks import shared_git_state
+from workspaces.worktrees import worktree
 
 DEFAULT_PARAM_SETS: list[dict[str, Any]] = [
     {"model.type": "ridge", "model.alpha": 1.0},
@@ -37,38 +32,10 @@ DEFAULT_PARAM_SETS: list[dict[str, Any]] = [
 PARALLEL_RUNS = 2
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
-
-
-@contextlib.contextmanager
-def isolated_workspace(repo: Path, cache_dir: str) -> Iterator[Path]:
-    """A git worktree of HEAD on `repo`'s DVC cache, HEAD's outputs checked out; removed after."""
-    parent = Path(tempfile.mkdtemp(prefix="compare-models-"))
-    workspace = parent / "repo"
-    with shared_git_state(repo, f"git worktree add {workspace}"):
-        _run(["git", "worktree", "add", "--detach", str(workspace), "HEAD"], repo)
-    try:
-        _run(["dvc", "cache", "dir", "--local", cache_dir], workspace)
-        _run(["dvc", "checkout", "--allow-missing", "--quiet"], workspace)
-        yield workspace
-    finally:
-        with shared_git_state(repo, f"git worktree remove {workspace}"):
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(workspace)], cwd=repo, check=False
-            )
-        shutil.rmtree(parent, ignore_errors=True)
-
-
 @task(task_run_name="experiment-{name}")
-def run_experiment(
-    repo: str, cache_dir: str, name: str, overrides: dict[str, Any], retries: int
-) -> dict[str, Any]:
-    """One param set as the pipeline flow in an isolated workspace; its metrics as a table row."""
-    with isolated_workspace(Path(repo), cache_dir) as workspace:
+def run_experiment(repo: str, name: str, overrides: dict[str, Any], retries: int) -> dict[str, Any]:
+    """One param set as the pipeline flow in a worktree of HEAD; its metrics as a table row."""
+    with worktree(Path(repo), prefix="compare-models-") as workspace:
         result = pipeline(
             workspace=str(workspace), overrides=overrides, experiment_name=name, retries=retries
         )
@@ -87,13 +54,6 @@ def run_experiment(
     }
 
 
-def _shared_cache_dir(repo: Path) -> str:
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        return str(dvc_repo.cache.local.path)
-
-
 @flow(name="compare-models", task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_RUNS))
 def compare_models(
     workspace: str = ".",
@@ -105,11 +65,8 @@ def compare_models(
 
     repo = Path(workspace).resolve()
     param_sets = param_sets or DEFAULT_PARAM_SETS
-    # Parallel stages opening a fresh MLflow store at once would race on its migrations.
-    _run([sys.executable, "-c", "from stages.tracking import init_store; init_store()"], repo)
-    cache_dir = _shared_cache_dir(repo)
     futures = [
-        run_experiment.submit(str(repo), cache_dir, f"{flow_run.name}-{i}", overrides, retries)
+        run_experiment.submit(str(repo), f"{flow_run.name}-{i}", overrides, retries)
         for i, overrides in enumerate(param_sets, start=1)
     ]
     rows = [future.result() for future in futures]

@@ -6,12 +6,11 @@ Read from the files DVC tracks (metrics/, dvc.lock) and, when there is one, the 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from stages.common import load_yaml, read_json
-from stages.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, project_root
+from lineage import record
+from stages.common import read_json
 
 log = logging.getLogger("flows.report")
 MODEL_PATH = "models/model.json"
@@ -58,14 +57,10 @@ def metric_rows(repo: Path) -> list[dict[str, Any]]:
 
 def data_hashes(repo: Path) -> list[dict[str, str]]:
     """Every output md5 dvc.lock records, by stage."""
-    lock_file = repo / "dvc.lock"
-    if not lock_file.is_file():
-        return []
-    lock = load_yaml(lock_file.read_text()) or {}
     return [
-        {"stage": stage, "path": out["path"], "md5": out.get("md5", "")}
-        for stage, entry in lock.get("stages", {}).items()
-        for out in entry.get("outs", [])
+        {"stage": name, "path": path, "md5": md5}
+        for name, stage in record.read_lock(repo / record.LOCK_FILE).items()
+        for path, md5 in stage.outs.items()
     ]
 
 
@@ -73,42 +68,48 @@ def mlflow_summary(repo: Path, pipeline_run_id: str, model_md5: str) -> dict[str
     """This execution's stage runs and model version in MLflow; None when there is no record.
 
     When DVC skipped train, no run of this execution holds the model: the run that produced
-    the model's bytes (its `out/` tag) is reported instead.
+    the model's bytes (its `out/` tag) is reported instead. The version before it is given
+    with its evaluation tags, for the summary's comparison.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root(repo) / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None  # no store yet; opening one would create it
+    uri = record.tracking_uri(repo)
     try:
-        from stages.tracking import connect
-
-        client = connect(uri)
-        experiment = client.get_experiment_by_name(
-            os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
-        )
-        if experiment is None:
+        client = record.connect(uri, create=False)
+        experiment_id = record.experiment_id(client)
+        if experiment_id is None:
             return None
-        ids = [experiment.experiment_id]
-        runs = client.search_runs(ids, filter_string=f"tags.pipeline_run_id = '{pipeline_run_id}'")
-        train = [r for r in runs if r.data.tags.get("stage") == "train"]
+        ids = [experiment_id]
+        runs = record.runs_of_execution(client, ids, pipeline_run_id)
+        train = [r for r in runs if r.data.tags.get(record.STAGE_TAG) == "train"]
         if not train and model_md5:
-            train = client.search_runs(
-                ids,
-                filter_string=f"tags.`out/{MODEL_PATH}` = '{model_md5}' and tags.stage = 'train'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-    except Exception as exc:  # noqa: BLE001 - the report must not fail a finished pipeline
+            found = record.find_producer(client, ids, MODEL_PATH, model_md5)
+            train = [found] if found else []
+        tags = train[0].data.tags if train else {}
+        name, version = tags.get(record.MODEL_NAME_TAG), tags.get(record.MODEL_VERSION_TAG)
+        previous = _previous_version(client, name, version) if name and version else None
+    except Exception as exc:  # the report must not fail a finished pipeline
         log.warning("MLflow record not available: %s", exc)
         return None
     base = uri if uri.startswith("http") else DEFAULT_MLFLOW_UI
-    link = f"{base.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs/"
+    link = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/"
     return {
         "uri": uri,
-        "stage_runs": {r.data.tags.get("stage", "?"): link + r.info.run_id for r in runs},
-        "model_name": train[0].data.tags.get("model_name") if train else None,
-        "model_version": train[0].data.tags.get("model_version") if train else None,
+        "stage_runs": {r.data.tags.get(record.STAGE_TAG, "?"): link + r.info.run_id for r in runs},
+        "model_name": name,
+        "model_version": version,
+        "previous_version": previous,
         "train_run": link + train[0].info.run_id if train else None,
     }
+
+
+def _previous_version(client: Any, name: str, version: str) -> dict[str, Any] | None:
+    """The newest version below `version`, with its tags (evaluate puts its RMSEs there)."""
+    older = [
+        v for v in client.search_model_versions(f"name = '{name}'") if int(v.version) < int(version)
+    ]
+    if not older:
+        return None
+    newest = max(older, key=lambda v: int(v.version))
+    return {"version": newest.version, **dict(newest.tags)}
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -143,7 +144,7 @@ def render_markdown(
     if not any(o["status"] == "ran" for o in outcomes):
         lines.append(
             f"No stage ran, so MLflow holds nothing new: the model is the one dvc.lock records "
-            f"(md5 `{model_md5}`); `python -m flows.trace {MODEL_PATH}` finds its run and version."
+            f"(md5 `{model_md5}`); `python -m lineage {MODEL_PATH}` finds its run and version."
         )
     elif record is None:
         lines.append("No MLflow record found for this run.")

@@ -7,11 +7,13 @@ imported here.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,6 +29,12 @@ PARAMS_FILE = Path("params.yaml")
 EXIT_BAD_INPUT = 65
 # Exit status of a stage that failed for a reason worth retrying (sysexits EX_TEMPFAIL).
 EXIT_TRANSIENT = 75
+# Exit status of a stage the machine refused: a read-only file, a full disk (EX_IOERR).
+EXIT_IO = 74
+# The first words of the one line each of those failures prints (the flow reads them).
+BAD_INPUT_PREFIX = "BAD INPUT in stage"
+TRANSIENT_PREFIX = "TRANSIENT FAILURE in stage"
+IO_PREFIX = "CANNOT WRITE in stage"
 
 log = logging.getLogger("stages")
 
@@ -37,6 +45,10 @@ class BadInputError(ValueError):
 
 class TransientError(RuntimeError):
     """A failure that may pass: an unreachable tracking store or download source."""
+
+
+class EnvironmentRefusal(RuntimeError):
+    """The machine refuses what the stage must do: a read-only store, a full disk."""
 
 
 # --------------------------------------------------------------------------- params schema
@@ -194,7 +206,7 @@ def parse_section(name: str, raw: Any, path: Path | str = PARAMS_FILE) -> _Secti
 
 def load_yaml(text: str) -> Any:
     """Safe YAML, through libyaml where PyYAML was built with it (dvc.lock: 60 ms -> 6 ms)."""
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def validate_params_text(text: str, name: str) -> dict[str, Any]:
@@ -258,33 +270,106 @@ def read_json(path: Path | str) -> Any:
         raise BadInputError(f"{path}: not readable JSON: {exc}") from None
 
 
+def process_identity(pid: int) -> str | None:
+    """`<pid>-<start time>`: names a process uniquely across pid reuse; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid}-{stat[stat.rindex(')') + 2 :].split()[19]}"
+
+
 class StagedOutputs:
     """A stage's outputs, written to temporary files and moved into place together at the end.
 
-    Nothing reaches a declared output path until the whole stage (its MLflow record
-    included) has succeeded.
+    Temporary files live in `.dvc/tmp/staging/<pid>-<start>/`, outside every declared output
+    folder (a half-written file inside `data/clean` would be an input of features), and a
+    later stage removes the folders of processes that died. `commit()` moves all files into
+    place or none: the files they replace are kept until `finish()`, so a failure while
+    moving, or in a later step (registering the model), puts the previous outputs back.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path | None = None) -> None:
+        root = root or Path.cwd()
+        base = root / ".dvc" / "tmp" / "staging" if (root / ".dvc").is_dir() else root / ".staging"
+        self._remove_orphans(base)
+        self.dir = base / (process_identity(os.getpid()) or str(os.getpid()))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.files: dict[Path, Path] = {}
+        self._moved: list[tuple[Path, Path | None]] = []
+
+    @staticmethod
+    def _remove_orphans(base: Path) -> None:
+        if not base.is_dir():
+            return
+        for entry in base.iterdir():
+            pid = entry.name.partition("-")[0]
+            if pid.isdigit() and process_identity(int(pid)) != entry.name:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def path(self, target: Path | str) -> Path:
+        """The temporary path to write `target` to."""
         target = Path(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        if target in self.files:
+            return self.files[target]
+        fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".tmp", dir=self.dir)
         os.close(fd)
         self.files[target] = Path(tmp)
         return Path(tmp)
 
     def commit(self) -> None:
-        for target, tmp in self.files.items():
-            os.replace(tmp, target)
+        """Move every staged file into place; on any failure, put everything back."""
+        try:
+            for i, (target, tmp) in enumerate(self.files.items()):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                backup = None
+                if target.exists() or target.is_symlink():
+                    backup = self.dir / f"previous-{i}"
+                    os.replace(target, backup)
+                try:
+                    _move(tmp, target)
+                except BaseException:
+                    if backup is not None:
+                        os.replace(backup, target)
+                    raise
+                self._moved.append((target, backup))
+        except BaseException:
+            self.rollback()
+            raise
+
+    def rollback(self) -> None:
+        """Undo commit(): the previous files back in place, new ones removed."""
+        for target, backup in reversed(self._moved):
+            if backup is not None:
+                os.replace(backup, target)
+            else:
+                target.unlink(missing_ok=True)
+        self._moved.clear()
+
+    def finish(self) -> None:
+        """Drop the previous files and whatever was staged but not committed."""
+        self._moved.clear()
         self.files.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def discard(self) -> None:
-        for tmp in self.files.values():
-            tmp.unlink(missing_ok=True)
-        self.files.clear()
+        self.rollback()
+        self.finish()
+
+
+def _move(tmp: Path, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        # Outputs on another file system than .dvc/tmp: copy beside the target, then rename.
+        beside = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(tmp, beside)
+            os.replace(beside, target)
+        finally:
+            beside.unlink(missing_ok=True)
 
 
 def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -300,7 +385,11 @@ def file_md5(path: Path | str, chunk: int = 1 << 20) -> str:
 
 
 def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
-    """Run a stage's main(); bad input ends with one clear line and exit status 65."""
+    """Run a stage's main(); every expected failure ends with one line and its exit status.
+
+    65 bad input (not retried), 75 transient (retried by the flow), 74 the machine refused a
+    write (a read-only file or store, a full disk: named, not retried).
+    """
     name = os.environ.get(STAGE_ENV) or name  # DVC's address: prepare@2025-01, not prepare
     logging.basicConfig(
         level=os.environ.get("PIPELINE_LOG_LEVEL", "INFO"),
@@ -310,8 +399,16 @@ def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
     try:
         main(None)
     except BadInputError as exc:
-        print(f"BAD INPUT in stage {name}: {exc}", file=sys.stderr)  # noqa: T201
-        sys.exit(EXIT_BAD_INPUT)
+        _fail(f"{BAD_INPUT_PREFIX} {name}: {exc}", EXIT_BAD_INPUT)
     except TransientError as exc:
-        print(f"TRANSIENT FAILURE in stage {name}: {exc}", file=sys.stderr)  # noqa: T201
-        sys.exit(EXIT_TRANSIENT)
+        _fail(f"{TRANSIENT_PREFIX} {name}: {exc}", EXIT_TRANSIENT)
+    except EnvironmentRefusal as exc:
+        _fail(f"{IO_PREFIX} {name}: {exc}", EXIT_IO)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{IO_PREFIX} {name}: {where}{exc.strerror or exc}", EXIT_IO)
+
+
+def _fail(line: str, status: int) -> None:
+    print(line, file=sys.stderr)  # noqa: T201 - the one line a person reads
+    sys.exit(status)

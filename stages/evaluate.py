@@ -1,4 +1,6 @@
-"""evaluate: RMSE, MAE and R² on the validation and test months, and the data for DVC plots."""
+"""evaluate: RMSE, MAE and R² on the validation and test months, the data for DVC plots, and
+every trip's prediction (DVC-cached: a fresh clone, which has the metrics from git but not the
+predictions, runs evaluate again, so every registered version gets its evaluation)."""
 
 from __future__ import annotations
 
@@ -102,6 +104,9 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     parser.add_argument("--plots", required=True, help="plot table pattern with {name}")
+    parser.add_argument(
+        "--predictions", required=True, help="per-trip predictions pattern with {split}"
+    )
     args = parser.parse_args(argv)
 
     params = load_params("base", "evaluate")
@@ -114,7 +119,11 @@ def main(argv: list[str] | None) -> None:
         for split, path in feature_paths.items():
             features = pd.read_parquet(path)
             predicted = models.predict(model, features, encoders, params["base"].threads)
-            metrics[split] = regression_metrics(features[models.TARGET].to_numpy(), predicted)
+            actual = features[models.TARGET].to_numpy()
+            metrics[split] = regression_metrics(actual, predicted)
+            pd.DataFrame({"actual": actual, "predicted": predicted}).to_parquet(
+                run.output(args.predictions.format(split=split)), index=False, compression="zstd"
+            )
             for name, table in plot_tables(split, features, predicted, params["evaluate"]).items():
                 parts.setdefault(name, []).append(table)
         tables = {name: pd.concat(p, ignore_index=True) for name, p in parts.items()}
@@ -124,7 +133,7 @@ def main(argv: list[str] | None) -> None:
         run.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as png_dir:
             pngs = render_pngs(tables, Path(png_dir))
-            run.report_to(run.producer_of(args.model), pngs, "plots")
+            run.report_to(run.producer_of(args.model), pngs, "plots", version_metrics=metrics)
     log.info("%s", metrics)
 
 

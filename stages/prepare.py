@@ -94,6 +94,22 @@ def clean_trips(
     return clean, report
 
 
+def clean_file(
+    path: Path, colour: str, month: str, params: PrepareParams
+) -> tuple[pd.DataFrame, dict]:
+    """read_trips then clean_trips; values that cannot be decoded or computed with (damaged
+    bytes decode as timestamps centuries apart: OverflowError) are bad input naming the file."""
+    try:
+        return clean_trips(read_trips(path, colour), month, params)
+    except BadInputError:
+        raise
+    except (OverflowError, ValueError, ArithmeticError) as exc:
+        raise BadInputError(
+            f"{path}: values out of range or undecodable ({type(exc).__name__}: {exc}); "
+            "the file looks damaged: fetch it again (dvc repro --force ingest@" + month + ")"
+        ) from None
+
+
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--month", help="YYYY-MM (default: the item of the DVC stage)")
@@ -110,8 +126,7 @@ def main(argv: list[str] | None) -> None:
         fill_path(t, colour=colour, month=month) for t in (args.raw, args.out, args.quality)
     )
     with stage_run(f"prepare@{month}", params, inputs=[raw]) as run:
-        trips = read_trips(raw, colour)
-        clean, report = clean_trips(trips, month, params["prepare"])
+        clean, report = clean_file(raw, colour, month, params["prepare"])
         clean.to_parquet(run.output(out), index=False, compression="zstd")
         write_json(run.output(quality), report)
         run.log_metrics(report)

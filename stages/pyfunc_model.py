@@ -15,14 +15,14 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 
 
 class TripDurationModel(PythonModel):
-    def load_context(self, context):  # noqa: ANN001 - MLflow's interface
+    def load_context(self, context):
         from stages import model as models
         from stages.common import read_json
 
         self.model = models.load(context.artifacts["model"])
         self.encoders = read_json(context.artifacts["encoders"])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001
+    def predict(self, context, model_input, params=None):
         from stages import model as models
 
         return models.predict(self.model, model_input, self.encoders, threads=1)

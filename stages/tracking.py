@@ -1,13 +1,18 @@
-"""MLflow record of a stage run: params, the md5 of every input and output, metrics, the model.
+"""The stage-run recorder: one MLflow run per stage run, written in the scheme of lineage.record.
 
-Every stage runs its work inside `stage_run(...)`. Its outputs are staged (temporary files);
-only after the run is fully recorded (and, for train, the model registered) are they moved
-into place. If the store cannot be reached, the stage fails after bounded retries and no
-output appears without its lineage.
-
-Tags written on every run, which `flows.trace` follows:
-  stage, pipeline_run_id, git_commit, git_dirty, dvc_exp_name (inside `dvc exp run`),
-  in/<path> and out/<path> = the file's md5 (what dvc.lock records), source/<path> = address.
+Every stage does its work inside `stage_run(...)` and writes its outputs to staged temporary
+files. At the end, in this order:
+  1. the run is recorded: params, metrics, `in/` `out/` `code/` `source/` tags, datasets, and
+     for train the logged model (artifacts upload before anything is committed);
+  2. the outputs are moved into place, all or none (StagedOutputs.commit);
+  3. train registers the model version: the last step, so a version exists only for files
+     that are in place; if registering fails the previous outputs are put back;
+  4. the run is marked FINISHED.
+On any failure (an exception, Ctrl-C, SIGTERM) the staged files are dropped, committed ones
+rolled back, versions the run created are deleted (looked up in the registry, not taken from
+a return value that an interrupt may have cut off) and the run is marked FAILED. A SIGKILL
+leaves a RUNNING run: the next train removes versions whose run did not finish
+(reconcile_orphans).
 """
 
 from __future__ import annotations
@@ -15,96 +20,62 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
+import shutil
+import signal
+import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from stages.common import BadInputError, StagedOutputs, TransientError, file_md5, load_yaml
+from lineage import record
+from stages.common import (
+    STAGE_ENV,
+    BadInputError,
+    EnvironmentRefusal,
+    StagedOutputs,
+    TransientError,
+    file_md5,
+    load_yaml,
+    process_identity,
+)
 
 log = logging.getLogger("stages.tracking")
-EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
-DEFAULT_EXPERIMENT = "taxi-trip-duration"
-PIPELINE_RUN_ENV = "PIPELINE_RUN_ID"
-PARENT_RUN_ENV = "PIPELINE_PARENT_RUN_ID"
-# A dead tracking server must cost seconds, not MLflow's default of minutes of retries.
-_CLIENT_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
-    # pip_requirements are explicit; uv.lock detection and progress bars only cost time.
-    "MLFLOW_UV_AUTO_DETECT": "false",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-CONNECT_ATTEMPTS = 3
-MODEL_REQUIREMENTS = ["numpy", "pandas", "scipy", "xgboost", "pyarrow"]
-
-
-class TrackingUnavailableError(TransientError):
-    """The MLflow tracking store did not answer: a transient failure, worth a retry."""
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The repository the store belongs to, also from DVC's temporary experiment workspaces."""
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    if ".dvc" in parts:  # .../<root>/.dvc/tmp/exps/<tmp>: dvc exp run --queue/--temp
-        return Path(*parts[: parts.index(".dvc")])
-    try:
-        common = subprocess.run(
-            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return Path(common).parent  # a git worktree shares its main repository's store
-    except (OSError, subprocess.CalledProcessError):
-        return here
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI, else mlflow.db at the root of the repository DVC runs for."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    # DVC_ROOT names the parent repository, also from DVC's temporary experiment workspaces;
-    # project_root() then maps a git worktree to its main repository.
-    dvc_root = os.environ.get("DVC_ROOT")
-    root = project_root(Path(dvc_root) if dvc_root else None)
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def _proc_stat(pid: int) -> tuple[int, str]:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[1]), fields[19]  # parent pid, start time
+MODEL_REQUIREMENTS = ["numpy", "pandas", "scipy", "xgboost", "pyarrow", "pyyaml", "pydantic"]
+# The file MLflow runs to load a logged model (models from code), and the project modules it
+# imports; they ship inside every registered model, so train depends on them in dvc.yaml.
+PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
+MODEL_CODE = ("stages/common.py", "stages/model.py", "stages/pyfunc_model.py")
+# Tags naming the process that owns a run, so a later run can tell a dead one (SIGKILL).
+HOST_TAG, PROCESS_TAG = "host", "process"
+# Inside `dvc exp run`, DVC names the experiment and its baseline in these variables.
+EXPERIMENT_TAGS = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline"}
 
 
 def pipeline_run_id() -> str:
     """The id that groups one pipeline execution's stage runs.
 
     The flow sets PIPELINE_RUN_ID; under a bare `dvc repro` every stage is a child of the same
-    dvc process, so its pid and start time name the execution.
+    dvc process, so that process's identity names the execution.
     """
-    if os.environ.get(PIPELINE_RUN_ENV):
-        return os.environ[PIPELINE_RUN_ENV]
+    if os.environ.get(record.PIPELINE_RUN_ENV):
+        return os.environ[record.PIPELINE_RUN_ENV]
     with contextlib.suppress(OSError, ValueError, IndexError):
         pid = os.getppid()
         while pid > 1:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            parent, started = _proc_stat(pid)
             if any(Path(a.decode(errors="replace")).name == "dvc" for a in argv[:2]):
-                return f"dvc-{pid}-{started}"
-            pid = parent
+                return f"dvc-{process_identity(pid)}"
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat[stat.rindex(")") + 2 :].split()[1])
     return f"standalone-{os.getpid()}-{time.time_ns()}"
 
 
 def git_state() -> dict[str, str]:
+    import subprocess
+
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -120,101 +91,41 @@ def git_state() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
-def lock_lineage(lock_file: Path = Path("dvc.lock")) -> dict[str, str]:
-    """Tags tying a model to the pipeline state it came from: dvc.lock's md5 and raw file md5s.
+def code_files(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, str]:
+    """md5 of the code this stage runs: the `.py` dependencies dvc.yaml declares for it, the
+    same files and md5s dvc.lock records (tests/test_dvc_yaml.py holds that list to every
+    module the stage imports). Run by hand outside a DVC project: the project modules this
+    process imported."""
+    name = stage.rpartition(":")[2].partition("@")[0]
+    with contextlib.suppress(OSError, KeyError, TypeError, AttributeError):
+        definition = load_yaml(dvc_yaml.read_text())["stages"][name]
+        deps = (definition.get("do") or definition)["deps"]
+        return {d: file_md5(d) for d in deps if d.endswith(".py")}
+    root = Path.cwd().resolve()
+    files = {}
+    for module in list(sys.modules.values()):
+        path = Path(getattr(module, "__file__", None) or "/").resolve()
+        if path.suffix == ".py" and path.is_relative_to(root) and ".venv" not in path.parts:
+            files[path.relative_to(root).as_posix()] = file_md5(path)
+    return files
 
-    Read while train runs: by then DVC has written the entries of every upstream stage.
-    """
+
+def model_lineage(lock_file: Path = Path(record.LOCK_FILE)) -> dict[str, str]:
+    """Tags tying a model version to the pipeline state it came from: dvc.lock's md5 and the
+    md5 of every raw file. Read while train runs: DVC has written every upstream entry."""
     if not lock_file.is_file():
         return {}
-    lock = load_yaml(lock_file.read_text()) or {}
-    tags = {"dvc_lock_md5": file_md5(lock_file)}
-    for stage, entry in (lock.get("stages") or {}).items():
-        if stage.split("@")[0].startswith("ingest"):
-            for out in entry.get("outs", []):
-                tags[f"raw/{out['path']}"] = out["md5"]
-    return tags
-
-
-def flatten(prefix: str, value: Any) -> dict[str, Any]:
-    """{'model': {'xgboost': {'n_rounds': 4}}} -> {'model.xgboost.n_rounds': 4}."""
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
-    if isinstance(value, Mapping):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
-        return flat
-    return {prefix: value}
-
-
-def lineage_path(path: Path | str) -> str:
-    """The name a file goes by in lineage tags: relative to the project when inside it.
-
-    dvc.yaml passes relative paths; a stage run by hand may get absolute ones, and MLflow
-    refuses tag keys such as `out//tmp/x` that do not survive path normalisation.
-    """
-    absolute = Path(os.path.abspath(path))
-    try:
-        return absolute.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return "external" + absolute.as_posix()
-
-
-def _file_uri(lineage_name: str) -> str:
-    if lineage_name.startswith("external/"):
-        return Path(lineage_name.removeprefix("external")).as_uri()
-    return Path(lineage_name).resolve().as_uri()
-
-
-def connect(uri: str) -> Any:
-    """An MlflowClient whose store answered; TrackingUnavailableError after bounded retries."""
-    for key, value in _CLIENT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    for attempt in range(1, CONNECT_ATTEMPTS + 1):
-        try:
-            client.search_experiments(max_results=1)
-            return client
-        except Exception as exc:  # noqa: BLE001 - any store failure means "unavailable"
-            error = exc
-            if attempt < CONNECT_ATTEMPTS:
-                time.sleep(attempt)
-    raise TrackingUnavailableError(
-        f"MLflow tracking store {uri} did not answer after {CONNECT_ATTEMPTS} attempts: {error}"
-    )
-
-
-def _experiment_id(client: Any) -> str:
-    name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # another stage created it meanwhile
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def init_store() -> str:
-    """Create the store and the experiment once, before anything runs stages in parallel.
-
-    Many processes opening a fresh SQLite store at once race on its migrations and corrupt it.
-    Returns the experiment id.
-    """
-    return _experiment_id(connect(tracking_uri()))
+    tags = record.file_tags(record.RAW, record.raw_outputs(record.read_lock(lock_file)))
+    return {record.LOCK_MD5_TAG: file_md5(lock_file), **tags}
 
 
 class StageRun:
     """What a stage tells MLflow while it works; outputs are staged until the run is recorded."""
 
     def __init__(
-        self, client: Any, experiment_id: str, run_id: str, outputs: StagedOutputs
+        self, stage: str, client: Any, experiment_id: str, run_id: str, outputs: StagedOutputs
     ) -> None:
+        self.stage = stage
         self.client = client
         self.experiment_id = experiment_id
         self.run_id = run_id
@@ -223,6 +134,7 @@ class StageRun:
         self.sources: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self._model: dict[str, Any] | None = None
+        self._model_uri: str | None = None
         self.model_version: Any = None
 
     def output(self, target: Path | str) -> Path:
@@ -232,61 +144,71 @@ class StageRun:
     def add_input(self, path: Path | str) -> None:
         if not Path(path).is_file():
             raise BadInputError(f"{path}: input not found (has the stage producing it run?)")
-        self.inputs[lineage_path(path)] = file_md5(path)
+        self.inputs[record.lineage_path(path)] = file_md5(path)
 
     def add_source(self, path: Path | str, address: str) -> None:
-        self.sources[lineage_path(path)] = address
+        self.sources[record.lineage_path(path)] = address
 
     def log_metrics(self, metrics: Mapping[str, Any]) -> None:
-        for key, value in flatten("", metrics).items():
+        for key, value in record.flatten("", metrics).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self.metrics[key] = float(value)
 
     def register_model(
         self, model_path: Path | str, encoders_path: Path | str, name: str, tags: Mapping[str, str]
     ) -> None:
-        """Log the model (pickle-free pyfunc over its JSON files) and register a new version."""
+        """Log the model (pickle-free pyfunc over its JSON files) and register a new version
+        once the outputs are in place."""
         self._model = {
-            "model": str(model_path),
-            "encoders": str(encoders_path),
+            "model": Path(model_path),
+            "encoders": Path(encoders_path),
             "name": name,
             "tags": dict(tags),
         }
 
     def producer_of(self, path: Path | str) -> str | None:
         """The run that wrote this input file (same md5), newest first."""
-        path = lineage_path(path)
-        md5 = self.inputs[path]
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`out/{path}` = '{md5}' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+        name = record.lineage_path(path)
+        run = record.find_producer(self.client, [self.experiment_id], name, self.inputs[name])
+        return run.info.run_id if run else None
 
-    def report_to(self, run_id: str | None, files: list[Path], artifact_dir: str) -> None:
-        """Attach files to this run, and files and metrics to `run_id` (the model's run)."""
+    def report_to(
+        self,
+        run_id: str | None,
+        files: list[Path],
+        artifact_dir: str,
+        version_metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Attach files to this run, and files and metrics to `run_id` (the model's run) and
+        `version_metrics` as tags of its registered version (`validation.rmse`, ...)."""
         from mlflow.entities import Metric
 
         for target in [self.run_id] + ([run_id] if run_id else []):
             for path in files:
                 self.client.log_artifact(target, str(path), artifact_dir)
-        if run_id:
-            now = int(time.time() * 1000)
-            self.client.log_batch(
-                run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(self.metrics.items())]
-            )
+        if not run_id:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(self.metrics.items())]
+        )
+        tags = self.client.get_run(run_id).data.tags
+        name, version = tags.get(record.MODEL_NAME_TAG), tags.get(record.MODEL_VERSION_TAG)
+        if name and version and version_metrics:
+            for key, value in record.flatten("", version_metrics).items():
+                self.client.set_model_version_tag(name, version, key, str(value))
 
     # -- called by stage_run -------------------------------------------------------------
 
     def _record(self) -> None:
         from mlflow.entities import Metric, RunTag
 
-        outputs = {lineage_path(t): file_md5(tmp) for t, tmp in self.outputs.files.items()}
-        tags = {f"in/{p}": h for p, h in self.inputs.items()}
-        tags |= {f"out/{p}": h for p, h in outputs.items()}
-        tags |= {f"source/{p}": a for p, a in self.sources.items()}
+        outputs = {record.lineage_path(t): file_md5(tmp) for t, tmp in self.outputs.files.items()}
+        code = code_files(self.stage)
+        tags = record.file_tags(record.INPUT, self.inputs)
+        tags |= record.file_tags(record.OUTPUT, outputs)
+        tags |= record.file_tags(record.CODE, code)
+        tags |= record.file_tags(record.SOURCE, self.sources)
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id,
@@ -295,105 +217,198 @@ class StageRun:
         )
         self._log_datasets(outputs)
         if self._model is not None:
-            self._log_and_register(outputs)
+            self._log_model(outputs)
 
     def _log_datasets(self, outputs: dict[str, str]) -> None:
         """The same files as MLflow datasets, so the UI's dataset view shows them with digests."""
         from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         entries = []
         for context, files in (("input", self.inputs), ("output", outputs)):
             for path, md5 in files.items():
-                address = self.sources.get(path) or _file_uri(path)
-                dataset = MetaDataset(HTTPDatasetSource(address), name=path, digest=md5)
-                entries.append(
-                    DatasetInput(
-                        dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]
-                    )
+                address = self.sources.get(path) or record.lineage_uri(path)
+                dataset = Dataset(
+                    name=path,
+                    digest=md5,
+                    source_type="http",
+                    source=HTTPDatasetSource(address).to_json(),
                 )
+                entries.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
         if entries:
             self.client.log_inputs(self.run_id, datasets=entries)
 
-    def _log_and_register(self, outputs: dict[str, str]) -> None:
+    def _log_model(self, outputs: dict[str, str]) -> None:
+        """The model's artifacts: the exact bytes of the model and encoders files (their md5
+        equals dvc.lock's) and the code that loads them, nothing pickled.
+
+        Saved locally and uploaded with the client, not through `mlflow.start_run`: leaving
+        that context would mark the run FINISHED before its outputs are committed.
+        """
         import mlflow
 
         spec = self._model
-        model_tmp = self.outputs.files[Path(spec["model"])]
         with tempfile.TemporaryDirectory() as staging:
-            # The artifact keeps the output's name and bytes, so its md5 equals dvc.lock's.
-            model_copy = Path(staging) / Path(spec["model"]).name
-            model_copy.write_bytes(model_tmp.read_bytes())
-            with mlflow.start_run(run_id=self.run_id):
-                info = mlflow.pyfunc.log_model(
-                    name="model",
-                    python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                    artifacts={"model": str(model_copy), "encoders": spec["encoders"]},
-                    code_paths=[str(Path(__file__).parent)],
-                    pip_requirements=MODEL_REQUIREMENTS,
-                )
-        model_md5 = outputs[lineage_path(spec["model"])]
-        tags = {"run_id": self.run_id, **spec["tags"], "model_md5": model_md5}
-        self.model_version = mlflow.register_model(info.model_uri, spec["name"], tags=tags)
-        self.client.set_tag(self.run_id, "model_name", spec["name"])
-        self.client.set_tag(self.run_id, "model_version", str(self.model_version.version))
+            model_copy = Path(staging) / spec["model"].name
+            shutil.copyfile(self.outputs.files[spec["model"]], model_copy)
+            package = Path(staging) / "code" / "stages"
+            package.mkdir(parents=True)
+            for path in MODEL_CODE:
+                shutil.copyfile(path, package / Path(path).name)
+            saved = Path(staging) / "model"
+            mlflow.pyfunc.save_model(
+                path=str(saved),
+                python_model=str(PYFUNC_MODEL),
+                artifacts={"model": str(model_copy), "encoders": str(spec["encoders"])},
+                code_paths=[str(package)],
+                pip_requirements=MODEL_REQUIREMENTS,
+            )
+            self.client.log_artifacts(self.run_id, str(saved), "model")
+        self._model_uri = f"runs:/{self.run_id}/model"
+        spec["tags"][record.MODEL_MD5_TAG] = outputs[record.lineage_path(spec["model"])]
+
+    def _register(self) -> None:
+        """The last step: a version exists only once its files are in place."""
+        if self._model is None:
+            return
+        import mlflow
+
+        spec = self._model
+        tags = {record.RUN_ID_TAG: self.run_id, **spec["tags"]}
+        self.model_version = mlflow.register_model(self._model_uri, spec["name"], tags=tags)
+        self.client.set_tag(self.run_id, record.MODEL_NAME_TAG, spec["name"])
+        self.client.set_tag(self.run_id, record.MODEL_VERSION_TAG, self.model_version.version)
         log.info("registered %s version %s", spec["name"], self.model_version.version)
 
     def _unregister(self) -> None:
-        if self.model_version is not None:
-            with contextlib.suppress(Exception):
-                self.client.delete_model_version(
-                    self.model_version.name, self.model_version.version
-                )
+        """Delete every version this run created, as the registry knows them."""
+        if self._model is None:
+            return
+        with contextlib.suppress(Exception):
+            for version in record.versions_of_run(self.client, self._model["name"], self.run_id):
+                self.client.delete_model_version(version.name, version.version)
+                log.info("deleted %s version %s of a failed run", version.name, version.version)
+
+
+def reconcile_orphans(client: Any, model_name: str) -> list[str]:
+    """Delete versions whose run did not finish: killed (RUNNING, its process gone on this
+    host) or failed after registering. Returns the versions deleted."""
+    deleted = []
+    host = socket.gethostname()
+    for version in client.search_model_versions(f"name = '{model_name}'"):
+        try:
+            run = client.get_run(version.run_id)
+        except Exception:  # its run was deleted: nothing traces it
+            run = None
+        status = run.info.status if run else "DELETED"
+        if status == "FINISHED":
+            continue
+        if status == "RUNNING":
+            tags = run.data.tags
+            owner = tags.get(PROCESS_TAG, "")
+            pid = owner.partition("-")[0]
+            alive = not pid.isdigit() or process_identity(int(pid)) == owner
+            if tags.get(HOST_TAG) != host or alive:
+                continue  # another machine's run, or one still at work
+            client.set_terminated(run.info.run_id, "KILLED")
+        client.delete_model_version(version.name, version.version)
+        deleted.append(version.version)
+        log.warning(
+            "deleted %s version %s: its run %s ended %s before the version was committed",
+            model_name,
+            version.version,
+            version.run_id,
+            status,
+        )
+    return deleted
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a timeout, `kill`) unwinds like Ctrl-C, so the cleanup below runs."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params: Mapping[str, BaseModel], inputs: list[Path] | None = None
+    stage: str, params: Mapping[str, Any], inputs: list[Path] | None = None
 ) -> Iterator[StageRun]:
     """Record one stage run in MLflow; move its outputs into place only once it is recorded."""
     started = time.perf_counter()
-    stage = os.environ.get("DVC_STAGE", stage)  # DVC's own address of the stage, when under DVC
-    uri = tracking_uri()
-    client = connect(uri)
+    stage = os.environ.get(STAGE_ENV, stage)  # DVC's own address of the stage, when under DVC
+    uri = record.tracking_uri()
+    client = _connect(uri)
     tags = {
-        "stage": stage,
-        "pipeline_run_id": pipeline_run_id(),
+        record.STAGE_TAG: stage,
+        record.PIPELINE_RUN_TAG: pipeline_run_id(),
+        HOST_TAG: socket.gethostname(),
+        PROCESS_TAG: process_identity(os.getpid()) or str(os.getpid()),
         **git_state(),
         "mlflow.runName": stage,
     }
-    for env, tag in (
-        ("DVC_EXP_NAME", "dvc_exp_name"),
-        ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline"),
-    ):
+    for env, tag in EXPERIMENT_TAGS.items():
         if os.environ.get(env):
             tags[tag] = os.environ[env]
-    if os.environ.get(PARENT_RUN_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
-    experiment_id = _experiment_id(client)
-    run = client.create_run(experiment_id, tags=tags, run_name=stage)
     from mlflow.entities import Param
 
-    client.log_batch(
-        run.info.run_id,
-        params=[Param(k, str(v)) for k, v in sorted(flatten("", dict(params)).items())],
-    )
-    record = StageRun(client, experiment_id, run.info.run_id, StagedOutputs())
-    for path in inputs or []:
-        record.add_input(path)
-    overhead = time.perf_counter() - started
+    with _terminate_as_interrupt():
+        experiment_id = record.ensure_experiment(client, uri)
+        run = client.create_run(experiment_id, tags=tags, run_name=stage)
+        run_id = run.info.run_id
+        outputs = StagedOutputs()
+        stage_record = StageRun(stage, client, experiment_id, run_id, outputs)
+        try:
+            params_flat = sorted(record.flatten("", dict(params)).items())
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params_flat])
+            for path in inputs or []:
+                stage_record.add_input(path)
+            overhead = time.perf_counter() - started
+            yield stage_record
+            started = time.perf_counter()
+            stage_record._record()
+            outputs.commit()
+            stage_record._register()
+            seconds = overhead + time.perf_counter() - started
+            stage_record.metrics["mlflow_seconds"] = seconds
+            client.log_metric(run_id, "mlflow_seconds", seconds)
+            client.set_terminated(run_id, "FINISHED")
+            outputs.finish()
+        except BaseException as exc:
+            outputs.discard()
+            stage_record._unregister()
+            with contextlib.suppress(Exception):
+                client.set_terminated(run_id, "KILLED" if _interrupted(exc) else "FAILED")
+            raise _as_stage_error(exc, uri) from None
+
+
+def _connect(uri: str) -> Any:
     try:
-        yield record
-        started = time.perf_counter()
-        record._record()
-        record.metrics["mlflow_seconds"] = overhead + time.perf_counter() - started
-        client.log_metric(record.run_id, "mlflow_seconds", record.metrics["mlflow_seconds"])
-        client.set_terminated(record.run_id, "FINISHED")
-        record.outputs.commit()
-    except BaseException:
-        record.outputs.discard()
-        record._unregister()
-        with contextlib.suppress(Exception):
-            client.set_terminated(record.run_id, "FAILED")
-        raise
+        return record.connect(uri)
+    except record.TrackingUnavailableError as exc:
+        raise TransientError(str(exc)) from None
+    except record.TrackingStoreError as exc:
+        raise EnvironmentRefusal(str(exc)) from None
+
+
+def _interrupted(exc: BaseException) -> bool:
+    return isinstance(exc, KeyboardInterrupt | SystemExit)
+
+
+def _as_stage_error(exc: BaseException, uri: str) -> BaseException:
+    """Store failures in the middle of a run, as the one-line errors run_stage prints."""
+    if isinstance(exc, BadInputError | TransientError | EnvironmentRefusal | OSError):
+        return exc
+    if _interrupted(exc) or not type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
+        return exc
+    text = str(exc).lower()
+    if "readonly" in text or "read-only" in text or "disk" in text:
+        return EnvironmentRefusal(f"MLflow store {uri}: {str(exc).splitlines()[0]}")
+    return TransientError(f"MLflow store {uri}: {str(exc).splitlines()[0]}")

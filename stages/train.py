@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lineage import record
 from stages import model as models
 from stages.common import load_params, read_json, run_stage, write_json
-from stages.tracking import lock_lineage, stage_run
+from stages.tracking import model_lineage, reconcile_orphans, stage_run
 
 log = logging.getLogger("stages.train")
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None) -> None:
     params = load_params("base", "model")
     base, model_params = params["base"], params["model"]
     with stage_run("train", params, inputs=[args.features, args.encoders]) as run:
+        reconcile_orphans(run.client, model_params.registered_name)
         features = pd.read_parquet(args.features)
         encoders = read_json(args.encoders)
         started = time.perf_counter()
@@ -48,8 +50,8 @@ def main(argv: list[str] | None) -> None:
             model_params.registered_name,
             tags={
                 "model_type": model_params.type,
-                **lock_lineage(),
-                **{f"in/{p}": h for p, h in run.inputs.items()},
+                **model_lineage(),
+                **record.file_tags(record.INPUT, run.inputs),
             },
         )
     log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)

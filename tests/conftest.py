@@ -12,12 +12,11 @@ import pytest
 import yaml
 
 from stages.common import parse_section
+from workspaces.scratch import scratch_project
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TLC = ROOT.parent / "shared" / "nyc-taxi"
 MONTHS = ("2025-01", "2025-02", "2025-03")
-# Files and folders a temporary project needs: the pipeline definition and its code.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "flows", "workspaces", "pyproject.toml")
 SAMPLE_STRIDE = 15  # every 15th trip: about 3,200 real trips a month
 # The project's own params.yaml: what the unit tests hold the stage functions to.
 PROJECT_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -79,26 +78,11 @@ def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) ->
     Commands run in it use this environment's python and dvc; TLC_SOURCE points at the
     sampled mirror and MLflow at a SQLite store inside the repository.
     """
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copyfile(src, repo / name)
-    shutil.copyfile(ROOT / ".gitignore", repo / ".gitignore")
     monkeypatch.setenv("TLC_SOURCE", str(small_tlc))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
     monkeypatch.setenv("GIT_AUTHOR_NAME", "test")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.invalid")
     monkeypatch.setenv("GIT_COMMITTER_NAME", "test")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
-    env = dict(os.environ)
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run(["dvc", "init", "-q"], repo, env)
-    run(["dvc", "config", "core.autostage", "true"], repo, env)
-    run(["dvc", "config", "core.analytics", "false"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "pipeline"], repo, env)
+    repo = scratch_project(tmp_path / "repo", os.environ)
     return repo

@@ -1,4 +1,5 @@
-"""Params validation (stages/common.py): every bad value is refused with the param named."""
+"""stages/common.py: params validation (every bad value refused with the param named), the
+stage's item, and staged outputs committed all or nothing."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import yaml
 
 from stages.common import (
     BadInputError,
+    StagedOutputs,
     check_month,
     file_md5,
     load_params,
     parse_section,
     read_json,
+    stage_item,
+    validate_params_text,
     write_json,
 )
 from tests.conftest import PROJECT_PARAMS, ROOT
@@ -125,3 +129,93 @@ def test_read_json_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(BadInputError, match="broken.json"):
         read_json(path)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e309"])
+def test_non_finite_alpha_is_refused(value):
+    raw = section("model") | {"alpha": float(value)}
+    assert "model.alpha" in refused("model", raw) and "finite" in refused("model", raw)
+
+
+def test_whole_params_text_is_validated():
+    text = (ROOT / "params.yaml").read_text()
+    assert set(validate_params_text(text, "params.yaml")) == {
+        "base", "data", "prepare", "features", "model", "evaluate"
+    }  # fmt: skip
+    bad = text.replace("colour: green", "colour: green$(touch x)")
+    with pytest.raises(BadInputError, match=r"data\.colour"):
+        validate_params_text(bad, "params.yaml")
+    with pytest.raises(BadInputError, match="unknown params section"):
+        validate_params_text(text + "extra: 1\n", "params.yaml")
+
+
+def test_stage_item_comes_from_dvc_stage_name(monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "prepare@2025-01")
+    assert stage_item(None) == "2025-01"
+    assert stage_item("2025-01") == "2025-01"
+    with pytest.raises(BadInputError, match="differs"):
+        stage_item("2025-02")
+    monkeypatch.setenv("DVC_STAGE", "dvc.yaml:prepare@2025-03")
+    assert stage_item(None) == "2025-03"
+    monkeypatch.delenv("DVC_STAGE")
+    with pytest.raises(BadInputError, match="no item"):
+        stage_item(None)
+
+
+def _project(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    return tmp_path
+
+
+def test_staged_outputs_live_outside_declared_folders_and_commit_together(tmp_path):
+    root = _project(tmp_path)
+    (root / "data" / "clean").mkdir(parents=True)
+    (root / "data" / "clean" / "a.parquet").write_text("old a")
+    staged = StagedOutputs(root)
+    staged.path(root / "data" / "clean" / "a.parquet").write_text("new a")
+    staged.path(root / "metrics" / "b.json").write_text("new b")
+    # Nothing of the staging is inside the output folder DVC hashes.
+    assert [p.name for p in (root / "data" / "clean").iterdir()] == ["a.parquet"]
+    assert staged.dir.is_relative_to(root / ".dvc" / "tmp")
+    staged.commit()
+    staged.finish()
+    assert (root / "data/clean/a.parquet").read_text() == "new a"
+    assert (root / "metrics/b.json").read_text() == "new b"
+    assert not staged.dir.exists()
+
+
+def test_a_failed_move_puts_every_previous_output_back(tmp_path):
+    root = _project(tmp_path)
+    for name in ("model.json", "train.json"):
+        (root / name).write_text(f"old {name}")
+    staged = StagedOutputs(root)
+    staged.path(root / "model.json").write_text("new model")
+    staged.path(root / "train.json").write_text("new metrics")
+    staged.files[root / "train.json"].unlink()  # the second move fails
+    with pytest.raises(FileNotFoundError):
+        staged.commit()
+    assert (root / "model.json").read_text() == "old model.json"
+    assert (root / "train.json").read_text() == "old train.json"
+
+
+def test_rollback_after_commit_restores_and_removes(tmp_path):
+    root = _project(tmp_path)
+    (root / "model.json").write_text("old")
+    staged = StagedOutputs(root)
+    staged.path(root / "model.json").write_text("new")
+    staged.path(root / "new.json").write_text("first time")
+    staged.commit()
+    staged.discard()  # a later step (registering the model) failed
+    assert (root / "model.json").read_text() == "old"
+    assert not (root / "new.json").exists()
+
+
+def test_staging_of_dead_processes_is_removed(tmp_path):
+    root = _project(tmp_path)
+    dead = root / ".dvc" / "tmp" / "staging" / "999999999-1"
+    dead.mkdir(parents=True)
+    (dead / "trips.parquet.tmp").write_text("half written")
+    live = StagedOutputs(root)
+    assert not dead.exists() and live.dir.exists()
+    StagedOutputs(root)  # another stage of the same process keeps this one's folder
+    assert live.dir.exists()

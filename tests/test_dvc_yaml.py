@@ -18,3 +18,55 @@ def test_no_command_interpolates_a_param() -> None:
     for name, stage in stage_definitions().items():
         cmd = (stage.get("do") or stage)["cmd"]
         assert not re.search(r"\$\{", cmd), f"stage {name}: {cmd}"
+
+
+PROJECT_PACKAGES = ("stages", "lineage", "workspaces")
+
+
+def imported_project_files(module: str) -> set[str]:
+    """Every project file `module` imports, directly or not (read from the code, not run).
+
+    Imports inside functions count: a stage imports them when it runs.
+    """
+    import ast
+
+    seen: set[str] = set()
+    names_seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in names_seen:
+            continue
+        names_seen.add(name)
+        parts = name.split(".")
+        # A package's __init__ runs before any of its modules.
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        base = ROOT.joinpath(*parts)
+        path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if not path.is_file():
+            continue
+        seen.add(path.relative_to(ROOT).as_posix())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                todo.append(node.module)
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+    return {p for p in seen if p.split("/")[0] in PROJECT_PACKAGES}
+
+
+def test_every_stage_depends_on_the_code_it_runs() -> None:
+    """A change to any module a stage imports (or ships inside a model) makes it stale."""
+    from stages.tracking import MODEL_CODE
+
+    for name, stage in stage_definitions().items():
+        body = stage.get("do") or stage
+        module = re.search(r"python -m (\S+)", body["cmd"]).group(1)
+        expected = imported_project_files(module)
+        if name == "train":
+            expected |= set(MODEL_CODE)
+        declared = {d for d in body["deps"] if d.endswith(".py")}
+        assert declared == expected, (
+            f"stage {name}: missing {sorted(expected - declared)}, "
+            f"not imported {sorted(declared - expected)}"
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,10 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import dvc_stages
-from stages.common import BadInputError
+from stages.common import BadInputError, file_md5
 from tests.conftest import run
-from workspaces import experiments
+from workspaces import experiments, repro
 
 STAGES = [
     "ingest@2025-01",
@@ -81,6 +81,18 @@ def task_runs(flow_run_id: str) -> dict[str, object]:
     return {r.name: r for r in runs}
 
 
+def final_states(flow_run_id: str, wait_seconds: float = 15) -> dict[str, str]:
+    """Task run state names once the server has them all (task states arrive as events,
+    shortly after the flow returns)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        states = {name: run.state.name for name, run in task_runs(flow_run_id).items()}
+        settled = len(states) == len(STAGES) and "Running" not in states.values()
+        if settled or time.monotonic() > deadline:
+            return states
+        time.sleep(0.2)
+
+
 def artifacts(flow_run_id: str) -> dict[str, object]:
     """The flow run's artifacts by key, read back from the Prefect server."""
     from prefect.client.orchestration import get_client
@@ -105,12 +117,10 @@ def exp_row(repo: Path, name: str) -> dict[str, object]:
 
 
 def test_classify_reads_dvc_and_stage_messages() -> None:
-    ok = dvc_stages.CommandResult(0, ["Stage 'train' didn't change, skipping"], False)
-    assert dvc_stages.classify("train", ok, 60) == "skipped"
-    assert (
-        dvc_stages.classify("train", dvc_stages.CommandResult(0, ["Running"], False), 60) == "ran"
-    )
-    bad = dvc_stages.CommandResult(
+    ok = repro.CommandResult(0, ["Stage 'train' didn't change, skipping"], False)
+    assert repro.classify("train", ok, 60) == "skipped"
+    assert repro.classify("train", repro.CommandResult(0, ["Running"], False), 60) == "ran"
+    bad = repro.CommandResult(
         255,
         [
             "BAD INPUT in stage train: params.yaml: invalid params:",
@@ -120,25 +130,25 @@ def test_classify_reads_dvc_and_stage_messages() -> None:
         ],
         False,
     )
-    with pytest.raises(dvc_stages.BadStageInput, match=r"(?s)invalid params:.*model\.alpha"):
-        dvc_stages.classify("train", bad, 60)
-    busy = dvc_stages.CommandResult(
+    with pytest.raises(repro.BadStageInput, match=r"(?s)invalid params:.*model\.alpha"):
+        repro.classify("train", bad, 60)
+    busy = repro.CommandResult(
         255, ["ERROR: failed to reproduce 'train': '/r/models/model.json' is busy"], False
     )
-    with pytest.raises(dvc_stages.TransientStageFailure):
-        dvc_stages.classify("train", busy, 60)
-    with pytest.raises(dvc_stages.TransientStageFailure, match="within 60 s"):
-        dvc_stages.classify("train", dvc_stages.CommandResult(-2, [], True), 60)
-    other = dvc_stages.CommandResult(255, ["ERROR: unexpected error"], False)
-    with pytest.raises(dvc_stages.StageError) as info:
-        dvc_stages.classify("train", other, 60)
-    assert not isinstance(info.value, dvc_stages.TransientStageFailure)
+    with pytest.raises(repro.TransientStageFailure):
+        repro.classify("train", busy, 60)
+    with pytest.raises(repro.TransientStageFailure, match="within 60 s"):
+        repro.classify("train", repro.CommandResult(-2, [], True), 60)
+    other = repro.CommandResult(255, ["ERROR: unexpected error"], False)
+    with pytest.raises(repro.StageError) as info:
+        repro.classify("train", other, 60)
+    assert not isinstance(info.value, repro.TransientStageFailure)
 
 
 def test_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     started = time.monotonic()
-    result = dvc_stages.run_command(
+    result = repro.run_command(
         ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; echo started; wait"],
         tmp_path,
         os.environ,
@@ -162,19 +172,20 @@ def test_override_args_are_dvc_exp_run_set_syntax() -> None:
 
 @pytest.mark.slow
 def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness: None) -> None:
-    from flows.pipeline import pipeline
+    from flows.pipeline_flow import pipeline
 
     # The command line's early plan (a child process) is DVC's in-process verdict.
-    plan = dvc_stages.stage_plan(project)
+    plan = repro.stage_plan(project)
     assert [p.name for p in plan] == STAGES and all(p.changed for p in plan)
-    assert dvc_stages.PlanProcess.start(project).result() == plan
+    assert repro.PlanProcess.start(project).result() == repro.plan_to_json(plan)
 
     first = pipeline(workspace=str(project), retry_delay_seconds=1)
     assert [o["stage"] for o in first["stages"]] == STAGES
     assert {o["status"] for o in first["stages"]} == {"ran"}
     assert "up to date" in run(["dvc", "status"], project).stdout
-    plan = dvc_stages.PlanProcess.start(project).result()
-    assert plan == dvc_stages.stage_plan(project) and not any(p.changed for p in plan)
+    plan = repro.PlanProcess.start(project).result()
+    assert plan == repro.plan_to_json(repro.stage_plan(project))
+    assert not any(p["changed"] for p in plan)
     validation = next(m for m in first["metrics"] if m["split"] == "validation")
     assert validation["rmse"] > 0 and validation["rows"] > 1000
     record = first["mlflow"]
@@ -191,8 +202,7 @@ def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness:
     second = pipeline(workspace=str(project))
     assert {o["status"] for o in second["stages"]} == {"skipped"}
     assert (project / "dvc.lock").read_text() == lock_before
-    states = {name: run.state.name for name, run in task_runs(second["pipeline_run_id"]).items()}
-    assert states == dict.fromkeys(STAGES, "Skipped")
+    assert final_states(second["pipeline_run_id"]) == dict.fromkeys(STAGES, "Skipped")
     # Nothing ran: no MLflow lookup; the report names the model by its dvc.lock md5.
     assert second["mlflow"] is None
     assert model_md5 in artifacts(second["pipeline_run_id"])["pipeline-report"].data
@@ -200,7 +210,7 @@ def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness:
 
 @pytest.mark.slow
 def test_held_lock_is_retried_and_the_flow_completes(project: Path, prefect_harness: None) -> None:
-    from flows.pipeline import pipeline
+    from flows.pipeline_flow import pipeline
 
     holder = subprocess.Popen(
         [
@@ -246,7 +256,7 @@ def test_held_lock_is_retried_and_the_flow_completes(project: Path, prefect_harn
 
 @pytest.mark.slow
 def test_bad_input_fails_once_with_the_stage_message(project: Path, prefect_harness: None) -> None:
-    from flows.pipeline import pipeline
+    from flows.pipeline_flow import pipeline
 
     # An override the params schema refuses: the flow fails before any stage, naming it.
     params_before = (project / "params.yaml").read_text()
@@ -266,7 +276,7 @@ def test_bad_input_fails_once_with_the_stage_message(project: Path, prefect_harn
     state = pipeline(workspace=str(project), retries=3, retry_delay_seconds=1, return_state=True)
     assert state.is_failed()
     assert "BAD INPUT in stage prepare@2025-01" in state.message and "every one of" in state.message
-    with pytest.raises(dvc_stages.BadStageInput, match=r"month 2025-01"):
+    with pytest.raises(repro.BadStageInput, match=r"month 2025-01"):
         state.result()
     runs = task_runs(str(state.state_details.flow_run_id))
     assert runs["prepare@2025-01"].run_count == 1 and runs["prepare@2025-01"].state.is_failed()
@@ -380,3 +390,123 @@ def test_compare_models_table_has_one_row_per_param_set(
         assert all(shown[k] == v for k, v in overrides.items())
     worktrees = run(["git", "worktree", "list"], project).stdout.splitlines()
     assert len(worktrees) == 1, worktrees
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), cmdline)
+    return found
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    procs, found, todo = _processes(), {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, cmd) in procs.items():
+            if ppid == parent and child not in found:
+                found[child] = cmd
+                todo.append(child)
+    return found
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.mark.slow
+def test_interrupts_and_a_second_run_never_leave_wrong_data(project: Path, tmp_path: Path) -> None:
+    """The command line, ephemeral Prefect: Ctrl-C and SIGTERM during train, and two runs at
+    once in one workspace."""
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "built"], project)
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    }
+    env.pop("PREFECT_API_URL", None)
+    params_before = (project / "params.yaml").read_bytes()
+
+    def lock_state() -> tuple[str, float]:
+        locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]
+        model = next(o for o in locked["outs"] if o["path"] == "models/model.json")
+        return model["md5"], locked["params"]["params.yaml"]["model"]["alpha"]
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        flow = subprocess.Popen(
+            [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.5"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        _wait_for(
+            lambda flow=flow: any("stages.train" in c for c in _descendants(flow.pid).values()),
+            240,
+            "train to start",
+        )
+        time.sleep(1.0)
+        children = _descendants(flow.pid)
+        server = [p for p, c in children.items() if "uvicorn" in c]
+        signalled = time.monotonic()
+        if sig == signal.SIGINT:
+            os.killpg(flow.pid, sig)  # Ctrl-C in a terminal: the whole foreground group
+        else:
+            os.kill(flow.pid, sig)  # `kill <pid>`: the flow process alone
+        _, stderr = flow.communicate(timeout=60)
+        assert time.monotonic() - signalled < 30, stderr
+        assert flow.returncode != 0
+        assert "Traceback" not in stderr, stderr
+        # Nothing of the run lives on: the stage, dvc, Prefect's temporary server.
+        time.sleep(0.5)
+        alive = _processes()
+        assert not [p for p in children if p in alive], {
+            p: children[p] for p in alive if p in children
+        }
+        assert server, children  # there was one, and it is gone
+        # params.yaml as before, and dvc.lock's model is the file in place, with its params.
+        assert (project / "params.yaml").read_bytes() == params_before
+        model_md5, alpha = lock_state()
+        assert alpha == 1.0 and model_md5 == file_md5(project / "models" / "model.json")
+        assert "up to date" in run(["dvc", "status"], project).stdout
+
+    # Two runs at once: the second is refused at once, naming the first; the first's
+    # experiment holds its own params.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.3", "--name", "a03"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock_file = project / ".dvc" / "tmp" / "taxi-pipeline-run.lock"
+    _wait_for(lambda: lock_file.is_file() and lock_file.read_text(), 240, "the first run")
+    second = run(
+        [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.7", "--name", "a07"],
+        project,
+        env,
+        check=False,
+    )
+    assert second.returncode != 0
+    assert "in use by another pipeline run" in second.stderr, second.stderr
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err
+    assert exp_row(project, "a03")["model.alpha"] == 0.3
+    assert "a07" not in run(["dvc", "exp", "list", "--name-only"], project).stdout

@@ -1,4 +1,5 @@
-"""MLflow lineage: real `dvc repro` in a temporary git repo, logging to a real `mlflow server`."""
+"""Lineage end to end: real `dvc repro` in a temporary git repo, recording to a real
+`mlflow server`; `python -m lineage` traces, verifies, restores and reproduces."""
 
 from __future__ import annotations
 
@@ -13,51 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from flows.lineage import lock_outputs
-from stages.tracking import flatten, lock_lineage, pipeline_run_id, project_root
+from lineage.record import locked_outputs, read_lock
 from tests.conftest import MONTHS, run, sample_month
 
 MODEL = "nyc-taxi-trip-duration-minutes"
-
-
-# --------------------------------------------------------------------------- unit
-
-
-def test_flatten_nests_keys_with_dots():
-    assert flatten("", {"model": {"alpha": 1.0, "xgboost": {"n_rounds": 3}}}) == {
-        "model.alpha": 1.0,
-        "model.xgboost.n_rounds": 3,
-    }
-
-
-def test_project_root_of_a_dvc_temporary_experiment_workspace(tmp_path):
-    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
-    workspace.mkdir(parents=True)
-    assert project_root(workspace) == tmp_path / "repo"
-
-
-def test_pipeline_run_id_from_environment(monkeypatch):
-    monkeypatch.setenv("PIPELINE_RUN_ID", "flow-123")
-    assert pipeline_run_id() == "flow-123"
-
-
-def test_lock_lineage_lists_raw_files_and_lock_md5(tmp_path):
-    lock = {
-        "schema": "2.0",
-        "stages": {
-            "ingest@2025-01": {"outs": [{"path": "data/raw/a.parquet", "md5": "aa"}]},
-            "features": {"outs": [{"path": "data/features/train.parquet", "md5": "ff"}]},
-        },
-    }
-    path = tmp_path / "dvc.lock"
-    path.write_text(yaml.safe_dump(lock))
-    tags = lock_lineage(path)
-    assert tags["raw/data/raw/a.parquet"] == "aa"
-    assert "raw/data/features/train.parquet" not in tags
-    assert tags["dvc_lock_md5"] == hashlib.md5(path.read_bytes()).hexdigest()
-    assert lock_outputs(path.read_text())["data/features/train.parquet"] == "ff"
 
 
 # --------------------------------------------------------------------------- end to end
@@ -114,7 +75,7 @@ def mlflow_server(tmp_path_factory):
 
 
 def _trace(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "flows.trace", *args], repo, dict(os.environ), check=check)
+    return run([sys.executable, "-m", "lineage", *args], repo, dict(os.environ), check=check)
 
 
 def _sha256(path: Path) -> str:
@@ -155,7 +116,8 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
     run(["dvc", "repro"], project, env)
     run(["git", "add", "-A"], project, env)
     run(["git", "commit", "-qm", "model 1"], project, env)
-    lock = lock_outputs((project / "dvc.lock").read_text())
+    locked = read_lock(project / "dvc.lock")
+    lock = locked_outputs(locked)
 
     experiment = client.get_experiment_by_name("taxi-trip-duration")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
@@ -164,11 +126,22 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
     assert {f"prepare@{m}" for m in MONTHS} <= set(stages)
     # One dvc repro = one pipeline execution, grouped by one tag.
     assert len({r.data.tags["pipeline_run_id"] for r in runs}) == 1
-    # Every recorded hash is the md5 dvc.lock holds for the same path.
-    for stage_run in runs:
-        for key, md5 in stage_run.data.tags.items():
-            if key.startswith("out/"):
-                assert lock[key.removeprefix("out/")] == md5, (stage_run.data.tags["stage"], key)
+    # Every recorded hash is the md5 dvc.lock holds for the same path: outputs, the files
+    # read (a folder dependency, data/clean, is recorded file by file) and the code that ran.
+    assert set(stages) == set(locked)
+    for name, stage_run in stages.items():
+        tags = stage_run.data.tags
+        files = {k.partition("/")[0]: {} for k in tags}
+        for key, md5 in tags.items():
+            kind, _, path = key.partition("/")
+            files[kind][path] = md5
+        assert files["out"] == locked[name].outs, name
+        code = {p: m for p, m in locked[name].deps.items() if p.endswith(".py")}
+        assert files["code"] == code, name
+        data = {p: m for p, m in locked[name].deps.items() if not p.endswith(".py")}
+        assert {p: m for p, m in data.items() if not m.endswith(".dir")} == {
+            p: m for p, m in files.get("in", {}).items() if p in data
+        }, name
     assert stages["train"].data.params["model.alpha"] == "1.0"
     assert "validation.rmse" in stages["train"].data.metrics  # evaluate reported to the model run
     artifacts = {a.path for a in client.list_artifacts(stages["train"].info.run_id, "plots")}
@@ -180,6 +153,9 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
         small_tlc / "green_tripdata_2025-01.parquet"
     )
     assert "dvc_lock_md5" in version1.tags
+    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert float(version1.tags["validation.rmse"]) == evaluation["validation"]["rmse"]
+    assert float(version1.tags["test.rmse"]) == evaluation["test"]["rmse"]
 
     # Model 2: other raw bytes (a different sample of the real months) and another alpha.
     mirror2 = tmp_path / "mirror2"
@@ -235,6 +211,20 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
     corrupted = _trace(project, f"models:/{MODEL}/1", "--verify", check=False)
     assert corrupted.returncode == 1
 
+    # What is not there: one line naming it, exit 3; a usage error, exit 2. No traceback.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for args, status, words in [
+        (["models:/does-not-exist/1"], 3, "models:/does-not-exist/1"),
+        (["models:/does-not-exist/latest"], 3, "no registered model 'does-not-exist'"),
+        (["0123456789abcdef0123456789abcdef"], 3, "no such MLflow run"),
+        ([f"models:/{MODEL}/1", "--restore", str(a_file)], 2, "not a directory"),
+    ]:
+        refused = _trace(project, *args, check=False)
+        assert refused.returncode == status, (args, refused.stderr)
+        assert words in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
 
 @pytest.mark.slow
 def test_unreachable_tracking_store_fails_cleanly(project, monkeypatch):
@@ -243,18 +233,33 @@ def test_unreachable_tracking_store_fails_cleanly(project, monkeypatch):
     env = dict(os.environ)
     run(["dvc", "repro", "ingest_zones"], project, env)
     lock_before = (project / "dvc.lock").read_bytes()
+
+    def forced_repro(uri: str) -> tuple[subprocess.CompletedProcess, float]:
+        started = time.monotonic()
+        proc = run(
+            ["dvc", "repro", "--force", "ingest_zones"],
+            project,
+            dict(env, MLFLOW_TRACKING_URI=uri),
+            check=False,
+        )
+        return proc, time.monotonic() - started
+
     dead = f"http://127.0.0.1:{_free_port()}"
-    started = time.monotonic()
-    proc = run(
-        ["dvc", "repro", "--force", "ingest_zones"],
-        project,
-        dict(env, MLFLOW_TRACKING_URI=dead),
-        check=False,
-    )
-    elapsed = time.monotonic() - started
+    proc, elapsed = forced_repro(dead)
     assert proc.returncode != 0
-    assert dead in proc.stderr and "did not answer" in proc.stderr
-    assert elapsed < 120
+    assert f"TRANSIENT FAILURE in stage ingest_zones: MLflow tracking store {dead}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 30, elapsed
     assert (project / "dvc.lock").read_bytes() == lock_before
     assert (project / "data" / "raw" / "taxi_zone_lookup.csv").is_file()
     assert not list((project / "data" / "raw").glob(".*.tmp"))
+
+    # A server that accepts connections and never answers costs seconds too.
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        silent = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        proc, elapsed = forced_repro(silent)
+    assert proc.returncode != 0 and silent in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 30, elapsed
+    assert (project / "dvc.lock").read_bytes() == lock_before

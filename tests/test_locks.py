@@ -149,7 +149,7 @@ def test_parallel_exp_saves_in_worktrees_all_land_with_their_own_params(tmp_path
             start.wait()
             try:
                 save_experiment(wt, name, env)
-            except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            except Exception as exc:
                 failures.append(f"{name}: {exc}")
 
         threads = [

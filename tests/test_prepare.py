@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from stages.common import BadInputError, PrepareParams
-from stages.prepare import CLEAN_COLUMNS, clean_trips, read_trips
+from stages.prepare import CLEAN_COLUMNS, clean_file, clean_trips, read_trips
 from tests.conftest import project_section
 
 PARAMS = project_section("prepare")
@@ -113,3 +113,26 @@ def test_month_where_every_trip_is_filtered_names_the_month(january):
     with pytest.raises(BadInputError, match="month 2025-01: every one of") as info:
         clean_trips(january, "2025-01", impossible)
     assert str(len(january)) in str(info.value)
+
+
+def test_damaged_bytes_are_bad_input_naming_the_file(shared_tlc: Path, tmp_path: Path):
+    """Bytes damaged in the middle of a real month (as a corrupted cache object restored by
+    `dvc checkout` would be): refused naming the file, never an unexpected exception."""
+    import random
+
+    original = (shared_tlc / "green_tripdata_2025-01.parquet").read_bytes()
+    refused_values = 0
+    for seed in range(30):
+        rnd = random.Random(seed)
+        damaged = bytearray(original)
+        start = rnd.randrange(4, len(damaged) - 20_000)
+        for i in range(start, start + rnd.choice([8, 64, 512])):
+            damaged[i] = rnd.randrange(256)
+        path = tmp_path / "green_tripdata_2025-01.parquet"
+        path.write_bytes(bytes(damaged))
+        try:
+            clean_file(path, "green", "2025-01", project_section("prepare"))
+        except BadInputError as exc:
+            assert str(path) in str(exc)
+            refused_values += "out of range" in str(exc)
+    assert refused_values > 0  # seeds whose damaged timestamps overflowed the duration

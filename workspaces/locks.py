@@ -59,9 +59,10 @@ def file_lock(
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    waited = f" after {wait_seconds:g} s" if wait_seconds else ""
                     raise LockTimeoutError(
-                        f"{path}: still held after {wait_seconds:g} s "
-                        f"by {holder or 'another process'} (waiting to {purpose})"
+                        f"{path}: held{waited} by {holder or 'another process'} "
+                        f"(wanted for: {purpose})"
                     ) from None
                 time.sleep(_POLL_SECONDS)
         os.ftruncate(fd, 0)
@@ -82,3 +83,25 @@ def shared_git_state(repo: Path, purpose: str, wait_seconds: float = DEFAULT_WAI
     in each worktree) stays parallel.
     """
     return file_lock(git_common_dir(repo) / "taxi-pipeline-shared.lock", purpose, wait_seconds)
+
+
+class WorkspaceBusyError(LockTimeoutError):
+    """Another pipeline run holds this workspace."""
+
+
+@contextlib.contextmanager
+def workspace_lock(workspace: Path, purpose: str) -> Iterator[None]:
+    """One pipeline run per workspace at a time; a second one fails at once, naming the first.
+
+    Two runs in one workspace would edit one params.yaml and one dvc.lock: one run's
+    experiment would be saved with the other's params. Parallel runs use worktrees.
+    """
+    path = workspace / ".dvc" / "tmp" / "taxi-pipeline-run.lock"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, purpose, wait_seconds=0))
+        except LockTimeoutError as exc:
+            raise WorkspaceBusyError(
+                f"workspace {workspace} is in use by another pipeline run: {exc}"
+            ) from None
+        yield

@@ -1,9 +1,9 @@
 """Lineage of a model: from a registered version, run or model file back to the raw TLC files.
 
-The chain is followed through MLflow: every stage run tags `in/<path>` and `out/<path>` with
-the file's md5, so the producer of an input is the finished run whose output has that md5.
-It is checked against git (the dvc.lock of the commit that records the model) and the DVC
-cache (re-hashing the bytes: DVC itself trusts recorded hashes).
+The chain is followed through the MLflow record (lineage.record): the producer of an input is
+the finished run whose `out/<path>` tag has that md5. It is checked against git (the dvc.lock
+of the commit that records the model) and the DVC cache (re-hashing the bytes: DVC itself
+trusts recorded hashes).
 """
 
 from __future__ import annotations
@@ -16,12 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lineage import record
 from stages.common import file_md5, load_yaml
-from stages.tracking import DEFAULT_EXPERIMENT, EXPERIMENT_ENV, tracking_uri
+from workspaces.worktrees import dvc_cache_dir, worktree
 
 
 class LineageError(RuntimeError):
     """The chain cannot be followed: the message says which link is missing."""
+
+
+class NotFoundError(LineageError):
+    """What was asked for (a model version, a run, a file's producer) is not in the record."""
 
 
 @dataclass
@@ -44,7 +49,7 @@ class StageNode:
 
     @property
     def outputs(self) -> dict[str, str]:
-        return {k.removeprefix("out/"): v for k, v in self.tags.items() if k.startswith("out/")}
+        return record.tagged_files(self.tags, record.OUTPUT)
 
 
 @dataclass
@@ -73,93 +78,101 @@ class Lineage:
 
 class Tracer:
     def __init__(self, client: Any | None = None) -> None:
-        from mlflow.tracking import MlflowClient
-
-        uri = tracking_uri()
-        self.client = client or MlflowClient(tracking_uri=uri, registry_uri=uri)
-        name = os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
-        experiment = self.client.get_experiment_by_name(name)
+        uri = record.tracking_uri()
+        self.client = client or record.connect(uri, create=False)
+        experiment = record.experiment_id(self.client)
         if experiment is None:
-            raise LineageError(f"no MLflow experiment {name!r} in {uri}: has the pipeline run?")
-        self.experiment_ids = [experiment.experiment_id]
+            raise NotFoundError(
+                f"no MLflow experiment {record.experiment_name()!r} in {uri}: has the pipeline run?"
+            )
+        self.experiment_ids = [experiment]
 
     def _stage(self, run: Any) -> StageNode:
         data = run.data
         return StageNode(
-            data.tags.get("stage", "?"),
+            data.tags.get(record.STAGE_TAG, "?"),
             run.info.run_id,
             dict(data.tags),
             dict(data.params),
             dict(data.metrics),
         )
 
-    def producer(self, path: str, md5: str, pipeline_run_id: str | None) -> StageNode | None:
-        """The run that wrote these bytes, preferring the same pipeline execution."""
-        base = f"tags.`out/{path}` = '{md5}' and attributes.status = 'FINISHED'"
-        filters = [f"{base} and tags.pipeline_run_id = '{pipeline_run_id}'", base]
-        for filter_string in filters if pipeline_run_id else filters[1:]:
-            runs = self.client.search_runs(
-                self.experiment_ids,
-                filter_string=filter_string,
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-            if runs:
-                return self._stage(runs[0])
-        return None
-
     def expand(self, node: StageNode) -> StageNode:
-        for key, md5 in sorted(node.tags.items()):
-            if not key.startswith("in/"):
-                continue
-            path = key.removeprefix("in/")
-            producer = self.producer(path, md5, node.tags.get("pipeline_run_id"))
+        pipeline_run = node.tags.get(record.PIPELINE_RUN_TAG)
+        for path, md5 in sorted(record.tagged_files(node.tags, record.INPUT).items()):
+            run = record.find_producer(self.client, self.experiment_ids, path, md5, pipeline_run)
+            producer = self.expand(self._stage(run)) if run else None
             child = FileNode(path, md5, producer)
             if producer is not None:
-                child.source = producer.tags.get(f"source/{path}")
-                self.expand(producer)
+                child.source = record.tagged_files(producer.tags, record.SOURCE).get(path)
             node.inputs.append(child)
         return node
 
+    def resolve_version(self, ref: str) -> Any:
+        """The model version of `models:/<name>/<version|latest>`."""
+        from mlflow.exceptions import MlflowException
+
+        name, _, number = ref.removeprefix("models:/").rpartition("/")
+        if not name or not number:
+            raise NotFoundError(f"{ref}: expected models:/<name>/<version> or .../latest")
+        try:
+            if number == "latest":
+                versions = self.client.search_model_versions(f"name = '{name}'")
+                if not versions:
+                    raise NotFoundError(f"{ref}: no registered model {name!r} has a version")
+                return max(versions, key=lambda v: int(v.version))
+            return self.client.get_model_version(name, number)
+        except MlflowException:
+            raise NotFoundError(f"{ref}: no such registered model version") from None
+
+    def _run(self, run_id: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            raise NotFoundError(f"{run_id}: no such MLflow run in this store") from None
+
     def trace(self, ref: str) -> Lineage:
-        """`ref`: models:/<name>/<version>, an MLflow run id, or the path of a model file."""
+        """`ref`: models:/<name>/<version|latest>, an MLflow run id, or the path of a model file."""
         version = None
         if ref.startswith("models:/"):
-            name, _, number = ref.removeprefix("models:/").rpartition("/")
-            mv = self.client.get_model_version(name, number)
+            mv = self.resolve_version(ref)
             version = {
                 "name": mv.name,
                 "version": mv.version,
                 "run_id": mv.run_id,
                 "tags": dict(mv.tags),
             }
-            run = self.client.get_run(mv.run_id)
+            run = self._run(mv.run_id)
         elif Path(ref).is_file():
-            md5 = file_md5(ref)
-            runs = self.client.search_runs(
-                self.experiment_ids,
-                filter_string="tags.stage = 'train'",
-                order_by=["attributes.start_time DESC"],
-                max_results=5000,
-            )
-            run = next(
-                (
-                    r
-                    for r in runs
-                    if md5 in {v for k, v in r.data.tags.items() if k.startswith("out/")}
-                ),
-                None,
-            )
-            if run is None:
-                raise LineageError(f"{ref}: no train run in MLflow wrote a file with md5 {md5}")
+            run = self._train_run_of_file(Path(ref))
         else:
-            run = self.client.get_run(ref)
+            run = self._run(ref)
         train = self.expand(self._stage(run))
         model_path = next((p for p in train.outputs if p.endswith("model.json")), None)
         if model_path is None:
             raise LineageError(f"run {train.run_id} ({train.stage}) wrote no model file")
         model = FileNode(model_path, train.outputs[model_path], train)
         return Lineage(model, version)
+
+    def _train_run_of_file(self, path: Path) -> Any:
+        md5 = file_md5(path)
+        run = record.find_producer(self.client, self.experiment_ids, record.lineage_path(path), md5)
+        if run is None:  # a copy under another name: any train run that wrote these bytes
+            runs = self.client.search_runs(
+                self.experiment_ids,
+                filter_string=f"tags.{record.STAGE_TAG} = 'train'",
+                order_by=["attributes.start_time DESC"],
+                max_results=5000,
+            )
+            wrote = [
+                r for r in runs if md5 in record.tagged_files(r.data.tags, record.OUTPUT).values()
+            ]
+            run = wrote[0] if wrote else None
+        if run is None:
+            raise NotFoundError(f"{path}: no train run in MLflow wrote a file with md5 {md5}")
+        return run
 
 
 # --------------------------------------------------------------------------- git and DVC
@@ -171,37 +184,21 @@ def _git(*args: str, cwd: Path | None = None) -> str:
     ).stdout
 
 
-def lock_outputs(lock_text: str) -> dict[str, str]:
-    """path -> md5 of every stage output a dvc.lock records."""
-    lock = load_yaml(lock_text) or {}
-    return {
-        out["path"]: out.get("md5", "")
-        for entry in (lock.get("stages") or {}).values()
-        for out in entry.get("outs", [])
-    }
-
-
 def find_commit(path: str, md5: str, repo: Path = Path()) -> str | None:
     """The newest commit (experiments included) whose dvc.lock records `path` with `md5`."""
     seen_blobs: set[str] = set()
     for commit in _git("rev-list", "--all", "--date-order", cwd=repo).split():
         try:
-            blob = _git("rev-parse", f"{commit}:dvc.lock", cwd=repo).strip()
+            blob = _git("rev-parse", f"{commit}:{record.LOCK_FILE}", cwd=repo).strip()
         except subprocess.CalledProcessError:
             continue
         if blob in seen_blobs:
             continue
         seen_blobs.add(blob)
-        if lock_outputs(_git("cat-file", "blob", blob, cwd=repo)).get(path) == md5:
+        locked = record.locked_outputs(record.parse_lock(_git("cat-file", "blob", blob, cwd=repo)))
+        if locked.get(path) == md5:
             return commit
     return None
-
-
-def cache_dir(repo: Path = Path()) -> Path:
-    out = subprocess.run(
-        ["dvc", "cache", "dir"], check=False, cwd=repo, capture_output=True, text=True
-    )
-    return Path(out.stdout.strip()) if out.returncode == 0 else repo / ".dvc" / "cache"
 
 
 def cache_object(cache: Path, md5: str) -> Path:
@@ -212,9 +209,13 @@ def verify(lineage: Lineage, repo: Path = Path()) -> bool:
     """Each hash of the chain must equal dvc.lock at the model's commit and the cached bytes."""
     lineage.commit = find_commit(lineage.model.path, lineage.model.md5, repo)
     lock = (
-        lock_outputs(_git("show", f"{lineage.commit}:dvc.lock", cwd=repo)) if lineage.commit else {}
+        record.locked_outputs(
+            record.parse_lock(_git("show", f"{lineage.commit}:{record.LOCK_FILE}", cwd=repo))
+        )
+        if lineage.commit
+        else {}
     )
-    cache = cache_dir(repo)
+    cache = dvc_cache_dir(repo)
     fetched = False
     ok = lineage.commit is not None
     for node in lineage.files():
@@ -247,16 +248,18 @@ def restore(
     lineage: Lineage, dest: Path, with_features: bool = False, repo: Path = Path()
 ) -> list[Path]:
     """Copy the raw files (and the feature files) of the chain out of the DVC cache."""
-    cache = cache_dir(repo)
+    cache = dvc_cache_dir(repo)
     nodes = lineage.raw_files()
     if with_features:
         nodes += [f for f in lineage.files() if f.producer and f.producer.stage == "features"]
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"{dest}: exists and is not a directory")
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for node in nodes:
         obj = cache_object(cache, node.md5)
         if not obj.is_file():
-            raise LineageError(f"{node.path} (md5 {node.md5}) is not in the DVC cache {cache}")
+            raise NotFoundError(f"{node.path} (md5 {node.md5}) is not in the DVC cache {cache}")
         target = dest / Path(node.path).name
         shutil.copyfile(obj, target)
         if file_md5(target) != node.md5:
@@ -270,44 +273,36 @@ def reproduce(lineage: Lineage, repo: Path = Path(), keep: Path | None = None) -
     if lineage.commit is None:
         lineage.commit = find_commit(lineage.model.path, lineage.model.md5, repo)
     if lineage.commit is None:
-        raise LineageError("no commit's dvc.lock records this model: commit it (or dvc exp save)")
+        raise NotFoundError("no commit's dvc.lock records this model: commit it (or dvc exp save)")
     work = Path(tempfile.mkdtemp(prefix="reproduce-", dir=keep))
-    worktree = work / "repo"
-    cache = cache_dir(repo).resolve()
-    _git("worktree", "add", "--detach", str(worktree), lineage.commit, cwd=repo)
     try:
         raw = restore(lineage, work / "raw", repo=repo)
         env = dict(
             os.environ,
             TLC_SOURCE=str(raw[0].parent),
-            MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+            MLFLOW_TRACKING_URI=f"sqlite:///{work / record.STORE_FILE}",
             PIPELINE_RUN_ID=f"reproduce-{lineage.model.md5[:8]}",
         )
-        subprocess.run(
-            ["dvc", "config", "--local", "cache.dir", str(cache)],
-            cwd=worktree,
-            check=True,
-            capture_output=True,
-        )
-        proc = subprocess.run(
-            ["dvc", "repro", "--force"],
-            check=False,
-            cwd=worktree,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise LineageError(f"dvc repro at {lineage.commit} failed:\n{proc.stderr[-2000:]}")
-        new_md5 = file_md5(worktree / lineage.model.path)
-        metrics = {}
-        for path in sorted((worktree / "metrics").rglob("*.json")):
-            rel = path.relative_to(worktree).as_posix()
-            try:
-                committed = load_yaml(_git("show", f"{lineage.commit}:{rel}", cwd=repo))
-            except subprocess.CalledProcessError:
-                committed = None  # not in that commit: cannot be equal
-            metrics[rel] = committed == load_yaml(path.read_text())
+        with worktree(repo, lineage.commit, checkout=False, prefix="reproduce-") as tree:
+            proc = subprocess.run(
+                ["dvc", "repro", "--force"],
+                check=False,
+                cwd=tree,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise LineageError(f"dvc repro at {lineage.commit} failed:\n{proc.stderr[-2000:]}")
+            new_md5 = file_md5(tree / lineage.model.path)
+            metrics = {}
+            for path in sorted((tree / "metrics").rglob("*.json")):
+                rel = path.relative_to(tree).as_posix()
+                try:
+                    committed = load_yaml(_git("show", f"{lineage.commit}:{rel}", cwd=repo))
+                except subprocess.CalledProcessError:
+                    committed = None  # not in that commit: cannot be equal
+                metrics[rel] = committed == load_yaml(path.read_text())
         return {
             "commit": lineage.commit,
             "model_md5": lineage.model.md5,
@@ -317,6 +312,5 @@ def reproduce(lineage: Lineage, repo: Path = Path(), keep: Path | None = None) -
             "metrics_files": metrics,
         }
     finally:
-        _git("worktree", "remove", "--force", str(worktree), cwd=repo)
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)

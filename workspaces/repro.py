@@ -1,4 +1,5 @@
-"""DVC as the flow sees it: the stage graph, one `dvc repro --single-item` run, experiments.
+"""DVC as a flow sees it: the stage graph and what is stale, one `dvc repro --single-item` run
+in its own process group, and what its failure means (bad input, transient, other).
 
 No Prefect here: the flows decide what to retry from the exceptions raised below.
 """
@@ -16,10 +17,10 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# The stage's own refusal (stages.common.run_stage) and its exit status, as DVC relays them.
-BAD_INPUT_PREFIX = "BAD INPUT in stage"
-TRANSIENT_PREFIX = "TRANSIENT FAILURE in stage"
+from stages.common import BAD_INPUT_PREFIX, IO_PREFIX, TRANSIENT_PREFIX
+
 # Another DVC process holds the repository lock or an output's rwlock: worth a retry.
 LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy")
 SKIPPED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
@@ -104,7 +105,7 @@ class PlanProcess:
     @classmethod
     def start(cls, repo: Path) -> PlanProcess:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.dvc_stages", str(repo)],
+            [sys.executable, "-m", "workspaces.repro", str(repo)],
             cwd=Path(__file__).resolve().parents[1],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -112,15 +113,22 @@ class PlanProcess:
         )
         return cls(repo, proc)
 
-    def result(self) -> list[PlannedStage] | None:
-        """The plan, or None if the child failed (the caller then asks DVC itself)."""
+    def result(self) -> list[dict[str, Any]] | None:
+        """The plan as plan_to_json gives it, or None if the child failed (the caller then
+        asks DVC itself)."""
         out, _ = self._proc.communicate()
         if self._proc.returncode != 0:
             return None
-        return [
-            PlannedStage(item["name"], item["changed"], frozenset(item["upstream"]))
-            for item in json.loads(out)
-        ]
+        return json.loads(out)
+
+
+def plan_to_json(plan: list[PlannedStage]) -> list[dict[str, Any]]:
+    """The plan as JSON-able dicts (a flow parameter, the child's output)."""
+    return [{"name": p.name, "changed": p.changed, "upstream": sorted(p.upstream)} for p in plan]
+
+
+def plan_from_json(items: list[dict[str, Any]]) -> list[PlannedStage]:
+    return [PlannedStage(i["name"], i["changed"], frozenset(i["upstream"])) for i in items]
 
 
 def run_command(
@@ -132,8 +140,9 @@ def run_command(
 ) -> CommandResult:
     """Run `cmd` in its own process group, passing each output line on as it comes.
 
-    On timeout the whole group gets SIGINT, then SIGKILL: killing dvc alone would leave the
-    stage command running beside a retry.
+    On timeout, and when the caller is interrupted (Ctrl-C, SIGTERM), the whole group gets
+    SIGINT, then SIGKILL, before this returns or raises: killing dvc alone would leave the
+    stage command running beside a retry, or finishing after its caller restored params.yaml.
     """
     proc = subprocess.Popen(
         cmd,
@@ -157,13 +166,36 @@ def run_command(
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     timed_out = False
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _stop_group(proc)
+    except BaseException:
+        _stop_group(proc)
+        raise
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
     reader.join()
     return CommandResult(proc.returncode, lines, timed_out)
+
+
+# Stage process groups running now, in any thread: stop_all() ends them from a signal handler
+# or cleanup code that runs in another thread than the one waiting for them.
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_all() -> int:
+    """Stop every stage process group this process started and is still running; how many."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        _stop_group(proc)
+    return len(running)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
@@ -190,6 +222,8 @@ def classify(stage: str, result: CommandResult, timeout: float) -> str:
         return "skipped" if SKIPPED.search(text) else "ran"
     if bad := _block(result.lines, BAD_INPUT_PREFIX):
         raise BadStageInput(bad)
+    if refused := _block(result.lines, IO_PREFIX):
+        raise StageError(refused)
     tail = "\n".join(result.lines[-15:])
     if _block(result.lines, TRANSIENT_PREFIX) or LOCK_BUSY.search(text) or result.returncode < 0:
         raise TransientStageFailure(f"stage {stage} (exit {result.returncode}):\n{tail}")
@@ -214,8 +248,4 @@ def _take_indented(lines: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":  # the child of PlanProcess
-    plan = stage_plan(Path(sys.argv[1]))
-    json.dump(
-        [{"name": p.name, "changed": p.changed, "upstream": sorted(p.upstream)} for p in plan],
-        sys.stdout,
-    )
+    json.dump(plan_to_json(stage_plan(Path(sys.argv[1]))), sys.stdout)

@@ -1,0 +1,138 @@
+"""What a person sees in the terminal when a flow runs: a line per stage, then a summary.
+
+Prefect's own console log is turned down to warnings for command-line runs (the full log,
+stage output included, still goes to the Prefect API and its UI; `--verbose` shows it here).
+The flow's stage task logs a `stage` event when a stage starts and ends; the handler below
+turns those into a progress line and, on a terminal, a spinner while a stage runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+# Set before Prefect is imported (its logging and settings read them once).
+QUIET_ENV = {
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
+    # The temporary server's telemetry insert races its fresh SQLite file and prints a
+    # "database is locked" traceback (stack-pitfalls.md); nothing here needs telemetry.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+STAGE_EVENT = "pipeline_stage"  # the `extra` key of the stage task's start/end log records
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TRANSIENT = 1, 65, 75
+
+
+def prepare_environment(verbose: bool) -> None:
+    for key, value in QUIET_ENV.items():
+        if verbose and key.startswith("PREFECT_LOGGING"):
+            continue
+        os.environ.setdefault(key, value)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+class StageProgress(logging.Handler):
+    """Renders the stage task's start/end events: a spinner while running, a line when done."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.console = _console()
+        self.status: Any = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, STAGE_EVENT, None)
+        if not event:
+            return
+        if event["phase"] == "start":
+            self._stop()
+            if self.console.is_terminal:
+                self.status = self.console.status(f"running [bold]{event['stage']}[/] …")
+                self.status.start()
+            return
+        self._stop()
+        mark = {"ran": "[green]✓[/]", "skipped": "[dim]·[/]"}.get(event["status"], "[red]✗[/]")
+        detail = f"{event['seconds']:.1f} s" if event["status"] == "ran" else "unchanged"
+        if event.get("attempts", 1) > 1:
+            detail += f", attempt {event['attempts']}"
+        self.console.print(f"  {mark} {event['stage']:<18} {event['status']:<8} {detail}")
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+@contextlib.contextmanager
+def quiet_prefect() -> Iterator[None]:
+    """A command-line flow run: stage progress on the terminal, no heartbeat thread (it rounds
+    every run up to the next second; a one-off run has no deployment to reveal it crashed)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    progress = StageProgress()
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(progress)
+    try:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        progress._stop()
+        logger.removeHandler(progress)
+
+
+def interrupted() -> None:
+    _console().print("[yellow]interrupted[/]: the running stage was stopped, params.yaml kept")
+
+
+def summary(state: Any) -> int:
+    """The run's summary; the exit status (0, or 65 bad input, 75 transient, 1 other)."""
+    from workspaces.repro import BadStageInput, TransientStageFailure
+
+    console = _console()
+    if not state.is_completed():
+        error = state.result(raise_on_failure=False)
+        console.print(f"[red bold]pipeline failed[/]: {error}")
+        if isinstance(error, BadStageInput | ValueError):
+            return EXIT_BAD_INPUT
+        return EXIT_TRANSIENT if isinstance(error, TransientStageFailure) else EXIT_FAILED
+    result = state.result()
+    for line in summary_lines(result):
+        console.print(line)
+    return 0
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The few lines that end a successful run."""
+    stages = result["stages"]
+    ran = [s["stage"] for s in stages if s["status"] == "ran"]
+    lines = [f"[bold]{len(ran)} stage(s) ran, {len(stages) - len(ran)} unchanged[/]"]
+    if result.get("experiment"):
+        lines.append(f"experiment: {result['experiment']} (dvc exp show)")
+    metrics = {m["split"]: m for m in result.get("metrics") or []}
+    record = result.get("mlflow") or {}
+    model = record.get("model_version")
+    previous = record.get("previous_version") or {}
+    for split in ("validation", "test"):
+        if split not in metrics:
+            continue
+        rmse = metrics[split]["rmse"]
+        before = previous.get(f"{split}.rmse")
+        change = f" (v{previous['version']}: {float(before):.3f})" if before else ""
+        lines.append(f"{split} RMSE {rmse:.3f} min{change}")
+    if model:
+        lines.append(f"model: {record['model_name']} version {model}")
+    elif not ran:
+        lines.append("model: unchanged (the one dvc.lock records)")
+    uri = record.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or (
+        "prefect server start"
+    )
+    lines.append(f"look: {mlflow_ui} · {prefect_ui} (artifact pipeline-report)")
+    return lines

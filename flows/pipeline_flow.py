@@ -1,0 +1,171 @@
+"""The DVC pipeline as a Prefect flow: DVC decides what is stale; Prefect runs, retries, shows.
+
+Stages run one at a time in dependency order: DVC does not support two stages of one workspace
+at once (parallel runs need isolated workspaces, see flows.compare), and one pipeline run holds
+a workspace at a time (workspaces.locks.workspace_lock). The command line is flows.pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run, task_run
+from prefect.states import Completed
+
+from flows import report
+from flows.console import STAGE_EVENT
+from lineage.record import PIPELINE_RUN_ENV
+from stages.common import BAD_INPUT_PREFIX, IO_PREFIX, TRANSIENT_PREFIX
+from workspaces import experiments, repro
+from workspaces.locks import workspace_lock
+
+RETRIES = 3
+RETRY_DELAY_SECONDS = 2.0
+RETRY_JITTER_FACTOR = 0.5
+STAGE_TIMEOUT_SECONDS = 3600.0
+PARAMS_FILE = "params.yaml"
+
+
+def worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a held lock or transient failure; bad input or an unknown error fails at once."""
+    return isinstance(state.result(raise_on_failure=False), repro.TransientStageFailure)
+
+
+def _level(line: str) -> int:
+    """Stage output at INFO, except the lines that say why a stage failed."""
+    failed = line.startswith(("ERROR", BAD_INPUT_PREFIX, TRANSIENT_PREFIX, IO_PREFIX))
+    return logging.ERROR if failed else logging.INFO
+
+
+@task(
+    task_run_name="{stage}",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_jitter_factor=RETRY_JITTER_FACTOR,
+    retry_condition_fn=worth_retrying,
+)
+def repro_stage(
+    stage: str, workspace: str, pipeline_run_id: str, timeout_seconds: float, unchanged: bool
+) -> Any:
+    """`dvc repro --single-item <stage>`, its output streamed into the Prefect log.
+
+    `unchanged`: DVC already found the stage and everything upstream unchanged; no process.
+    """
+    logger = get_run_logger()
+    if unchanged:
+        outcome = {"stage": stage, "status": "skipped", "attempts": 1, "seconds": 0.0}
+        logger.info("%s: DVC status unchanged, not run", stage, extra=_event("end", outcome))
+        return Completed(name="Skipped", message=f"{stage}: unchanged (dvc status)", data=outcome)
+    logger.info("%s: dvc repro --single-item", stage, extra=_event("start", {"stage": stage}))
+    env = {**os.environ, PIPELINE_RUN_ENV: pipeline_run_id}
+    started = time.perf_counter()
+    result = repro.run_command(
+        ["dvc", "repro", "--single-item", stage],
+        Path(workspace),
+        env,
+        timeout_seconds,
+        lambda line: logger.log(_level(line), "%s", line),
+    )
+    try:
+        status = repro.classify(stage, result, timeout_seconds)
+    except repro.StageError:
+        failed = {"stage": stage, "status": "failed", "attempts": task_run.run_count}
+        logger.error("%s: failed", stage, extra=_event("end", failed))
+        raise
+    outcome = {
+        "stage": stage,
+        "status": status,
+        "attempts": task_run.run_count,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if status == "skipped":
+        logger.info("%s: unchanged, DVC skipped it", stage, extra=_event("end", outcome))
+        message = f"{stage}: unchanged, skipped by DVC"
+        return Completed(name="Skipped", message=message, data=outcome)
+    logger.info("%s: ran in %.1f s", stage, outcome["seconds"], extra=_event("end", outcome))
+    return outcome
+
+
+def _event(phase: str, outcome: dict[str, Any]) -> dict[str, Any]:
+    """A stage event for the command line's progress display (flows.console)."""
+    return {STAGE_EVENT: {"phase": phase, **outcome}}
+
+
+@flow(name="taxi-pipeline")
+def pipeline(
+    workspace: str = ".",
+    *,
+    overrides: dict[str, Any] | None = None,
+    experiment_name: str | None = None,
+    plan: list[dict[str, Any]] | None = None,
+    retries: int = RETRIES,
+    retry_delay_seconds: float = RETRY_DELAY_SECONDS,
+    retry_jitter_factor: float = RETRY_JITTER_FACTOR,
+    stage_timeout_seconds: float = STAGE_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Every stage of `workspace`'s dvc.yaml in order; with overrides, saved as a DVC experiment.
+
+    Overrides (`{"model.alpha": 0.05}`) are validated, then written to params.yaml by the code
+    `dvc exp run -S` uses, so both paths train on the same params. `plan`: DVC's verdict on
+    what is stale, when the caller already asked (repro.plan_to_json); ignored with overrides.
+    On any failure or interrupt the running stage is stopped first, then params.yaml is put
+    back as it was.
+    """
+    repo = Path(workspace).resolve()
+    run_id = str(flow_run.id)
+    experiment = overrides is not None or experiment_name is not None
+    runner = repro_stage.with_options(
+        retries=retries,
+        retry_delay_seconds=retry_delay_seconds,
+        retry_jitter_factor=retry_jitter_factor,
+    )
+    with workspace_lock(repo, f"flow run {flow_run.name} ({run_id})"):
+        params_file = repo / PARAMS_FILE
+        original_params = params_file.read_bytes()
+        outcomes = []
+        saved = None
+        try:
+            if overrides:
+                experiments.apply_overrides(repo, overrides)
+            stages = repro.plan_from_json(plan) if plan and not experiment else None
+            ran: set[str] = set()
+            for stage in stages or repro.stage_plan(repo):
+                unchanged = not stage.changed and not stage.upstream & ran
+                state = runner(
+                    stage.name,
+                    str(repo),
+                    run_id,
+                    stage_timeout_seconds,
+                    unchanged,
+                    return_state=True,
+                )
+                outcome = state.result()  # a failed stage raises its own error here
+                outcomes.append(outcome)
+                if outcome["status"] == "ran":
+                    ran.add(stage.name)
+            if experiment:
+                name = experiment_name or f"flow-{flow_run.name}"
+                saved = experiments.save_experiment(repo, name, os.environ)
+                get_run_logger().info("saved DVC experiment %s", saved)
+        except BaseException:
+            stopped = repro.stop_all()  # before params.yaml changes under a running stage
+            if experiment and params_file.read_bytes() != original_params:
+                params_file.write_bytes(original_params)
+                get_run_logger().warning(
+                    "run failed: params.yaml put back%s",
+                    f" after stopping {stopped} running stage(s)" if stopped else "",
+                )
+            raise
+    summary = report.publish(repo, outcomes, run_id, saved)
+    return {
+        "pipeline_run_id": run_id,
+        "stages": outcomes,
+        "experiment": saved,
+        "metrics": summary["metrics"],
+        "mlflow": summary["mlflow"],
+    }

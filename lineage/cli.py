@@ -1,0 +1,148 @@
+"""Trace a model to the exact raw files it was trained on; verify, restore or reproduce it.
+
+python -m lineage models:/nyc-taxi-trip-duration-minutes/3
+python -m lineage <mlflow run id> --verify
+python -m lineage models/model.json --restore /tmp/raw [--with-features]
+python -m lineage models:/nyc-taxi-trip-duration-minutes/latest --reproduce --json
+
+Exit status: 0 traced (and verified / reproduced, when asked); 1 a check failed (a hash
+differs from dvc.lock or the cache, the reproduction differs); 2 usage (bad arguments, a
+--restore destination that is a file); 3 not found (model version, run, producer, commit or
+cached file); 4 the MLflow store cannot be reached or used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lineage import record
+from lineage.trace import FileNode, Lineage, LineageError, NotFoundError, Tracer
+
+KEY_PARAMS = ("model.type", "model.alpha", "data.months", "data.colour", "prepare.")
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 0, 1, 2, 3, 4
+
+
+def _mark(checks: dict[str, Any]) -> str:
+    if not checks:
+        return ""
+    good = checks.get("lock_matches") and checks.get("cache_rehash_matches")
+    return " [green]✓ verified[/]" if good else f" [red]✗ {checks}[/]"
+
+
+def render(lineage: Lineage) -> Any:
+    from rich.tree import Tree
+
+    mv = lineage.model_version
+    title = f"[bold]{mv['name']} v{mv['version']}[/]" if mv else "[bold]model[/]"
+    tree = Tree(
+        f"{title}  {lineage.model.path} md5 {lineage.model.md5}{_mark(lineage.model.checks)}"
+    )
+
+    def add(branch: Any, node: FileNode) -> None:
+        stage = node.producer
+        if stage is None:
+            branch.add(f"[red]no MLflow run wrote {node.path} md5 {node.md5}[/]")
+            return
+        params = ", ".join(
+            f"{k}={v}" for k, v in sorted(stage.params.items()) if k.startswith(KEY_PARAMS)
+        )
+        git = f"commit {stage.tags.get('git_commit', '?')[:10]}"
+        git += " (dirty)" if stage.tags.get("git_dirty") == "true" else ""
+        exp = f" exp {stage.tags['dvc_exp_name']}" if "dvc_exp_name" in stage.tags else ""
+        run_branch = branch.add(
+            f"[cyan]{stage.stage}[/] run {stage.run_id} {git}{exp}"
+            + (f"\n{params}" if params else "")
+        )
+        for child in stage.inputs:
+            source = f"\n  ← {child.source}" if child.source else ""
+            add(run_branch.add(f"{child.path} md5 {child.md5}{_mark(child.checks)}{source}"), child)
+
+    add(tree, lineage.model)
+    return tree
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lineage",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "ref", help="models:/<name>/<version|latest>, an MLflow run id, or a model file"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every hash against dvc.lock at the model's commit and the cache",
+    )
+    parser.add_argument(
+        "--restore", type=Path, metavar="DIR", help="write the exact raw files of this model"
+    )
+    parser.add_argument("--with-features", action="store_true", help="--restore features too")
+    parser.add_argument(
+        "--reproduce",
+        action="store_true",
+        help="re-run the pipeline at the model's commit and compare",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _error(message: str, status: int) -> int:
+    print(f"lineage: {message}", file=sys.stderr)  # noqa: T201 - the one line a person reads
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.restore and args.restore.exists() and not args.restore.is_dir():
+        return _error(f"--restore {args.restore}: exists and is not a directory", EXIT_USAGE)
+    from lineage.trace import reproduce, restore, verify
+
+    report: dict[str, Any] = {}
+    ok = True
+    try:
+        lineage = Tracer().trace(args.ref)
+        if args.verify:
+            ok = verify(lineage)
+        if args.restore:
+            report["restored"] = [
+                str(p) for p in restore(lineage, args.restore, args.with_features)
+            ]
+        if args.reproduce:
+            report["reproduce"] = reproduce(lineage)
+            ok &= report["reproduce"]["byte_identical"] and report["reproduce"]["metrics_equal"]
+    except NotFoundError as exc:
+        return _error(str(exc), EXIT_NOT_FOUND)
+    except (record.TrackingUnavailableError, record.TrackingStoreError) as exc:
+        return _error(str(exc), EXIT_STORE)
+    except LineageError as exc:
+        return _error(str(exc), EXIT_MISMATCH)
+    except OSError as exc:
+        return _error(f"{exc.filename or ''}: {exc.strerror or exc}", EXIT_USAGE)
+
+    _show(lineage, report, args)
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+def _show(lineage: Lineage, report: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.json:
+        output = json.dumps({"lineage": asdict(lineage), **report}, indent=2, default=str)
+        print(output)  # noqa: T201 - the command's output
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(render(lineage))
+    if args.verify:
+        state = "[green]verified[/]" if lineage.checks["ok"] else "[red]MISMATCH[/]"
+        console.print(f"verify: {state} against dvc.lock at commit {lineage.commit}")
+    for path in report.get("restored", []):
+        console.print(f"restored {path}")
+    if "reproduce" in report:
+        console.print(f"reproduce: {report['reproduce']}")
