@@ -35,7 +35,7 @@ def prepare_environment(verbose: bool) -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class StageProgress(logging.Handler):

@@ -6,12 +6,16 @@
 
 For a plain run DVC is asked what is stale in a child process started before Prefect is
 imported (Prefect's import is the slow part of a no-op run); the answer is the flow's `plan`
-parameter. Ctrl-C and SIGTERM stop the running stage and put params.yaml back before exiting.
+parameter. Without PREFECT_API_URL, a Prefect server is started for the run at the same time
+(flows.local_server). Ctrl-C and SIGTERM stop the running stage and put params.yaml back
+before exiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
 import signal
 import sys
 from pathlib import Path
@@ -53,30 +57,46 @@ def main(argv: list[str] | None = None) -> int:
     parameters: dict[str, Any] = {"workspace": str(workspace)}
     if args.overrides or args.name:
         parameters |= {"overrides": overrides_of(args.overrides), "experiment_name": args.name}
+    # SIGTERM unwinds like Ctrl-C: the flow stops its stage and restores params.yaml.
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     early_plan = None
     if args.command == "run" and "overrides" not in parameters:
         from workspaces.repro import PlanProcess
 
         early_plan = PlanProcess.start(workspace)
-    # SIGTERM unwinds like Ctrl-C: the flow stops its stage and restores params.yaml, and
-    # Prefect's temporary server is stopped at exit instead of being left running.
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    # Without a running server, one for this run, started while Prefect is imported.
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        from flows.local_server import LocalServer
 
+        server = LocalServer()
+        os.environ["PREFECT_API_URL"] = server.url
+        # Registered before Prefect is imported, so it runs after Prefect's own exit
+        # handlers (last in, first out): they send the last logs to this server.
+        atexit.register(server.stop)
+    try:
+        return _run(args, parameters, early_plan, server)
+    except KeyboardInterrupt:
+        from flows import console
+
+        console.interrupted()
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, server: Any) -> int:
     from flows import console
 
     console.prepare_environment(args.verbose)
     from flows.pipeline_flow import pipeline
 
+    if server is not None:
+        server.wait_ready()
     if args.command == "serve":
         pipeline.serve(name="retrain", cron=args.cron, parameters=parameters)
         return 0
-    try:
-        with console.quiet_prefect():
-            parameters["plan"] = early_plan.result() if early_plan else None
-            state = pipeline(**parameters, return_state=True)
-    except KeyboardInterrupt:
-        console.interrupted()
-        return EXIT_INTERRUPTED
+    with console.quiet_prefect():
+        parameters["plan"] = early_plan.result() if early_plan else None
+        state = pipeline(**parameters, return_state=True)
     return console.summary(state)
 
 

@@ -16,6 +16,7 @@ defined here and nothing else. Light to import: no mlflow until a client is aske
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -52,7 +53,7 @@ LOCK_MD5_TAG = "dvc_lock_md5"
 # A dead tracking server must cost seconds, not MLflow's default of minutes of retries.
 _CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
     "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
     # pip_requirements are explicit; uv.lock detection and progress bars only cost time.
@@ -253,14 +254,21 @@ def connect(uri: str | None = None, create: bool = True) -> Any:
         raise TrackingStoreError(f"no MLflow store at {path}: has the pipeline run here?")
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    # MLflow logs a store error with its whole traceback before raising it; the caller
+    # reports it in one line (TrackingStoreError, or the stage's CANNOT WRITE / TRANSIENT).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     error: Exception | None = None
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
             if uri.startswith(("http://", "https://")):
                 _check_http(uri)
             with _store_creation_lock(uri):
+                import mlflow
                 from mlflow.tracking import MlflowClient
 
+                # The process-wide URIs too: MLflow's model functions read those.
+                mlflow.set_tracking_uri(uri)
+                mlflow.set_registry_uri(uri)
                 client = MlflowClient(tracking_uri=uri, registry_uri=uri)
                 if create:
                     ensure_experiment(client, uri)

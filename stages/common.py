@@ -58,7 +58,7 @@ _MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 def _month(value: str) -> str:
     if not _MONTH_RE.match(value):
-        raise ValueError(f"expected a month as YYYY-MM (01-12), got {value!r}")
+        raise ValueError("expected a month as YYYY-MM (01-12)")
     return value
 
 
@@ -67,7 +67,7 @@ def check_month(value: str) -> str:
     try:
         return _month(value)
     except ValueError as exc:
-        raise BadInputError(f"data.months: {exc}") from None
+        raise BadInputError(f"data.months: {exc}, got {value!r}") from None
 
 
 # DVC names the stage it runs in this variable: `prepare@2025-01` for a foreach item.

@@ -155,15 +155,23 @@ class StageRun:
                 self.metrics[key] = float(value)
 
     def register_model(
-        self, model_path: Path | str, encoders_path: Path | str, name: str, tags: Mapping[str, str]
+        self,
+        model_path: Path | str,
+        encoders_path: Path | str,
+        name: str,
+        tags: Mapping[str, str],
+        *,
+        example: Any = None,
     ) -> None:
         """Log the model (pickle-free pyfunc over its JSON files) and register a new version
-        once the outputs are in place."""
+        once the outputs are in place. `example`: a few rows of the model's input (a
+        DataFrame), logged as its input example; its column types are the signature."""
         self._model = {
             "model": Path(model_path),
             "encoders": Path(encoders_path),
             "name": name,
             "tags": dict(tags),
+            "example": example,
         }
 
     def producer_of(self, path: Path | str) -> str | None:
@@ -256,12 +264,16 @@ class StageRun:
             for path in MODEL_CODE:
                 shutil.copyfile(path, package / Path(path).name)
             saved = Path(staging) / "model"
+            example = spec["example"]
+            signature = table_signature(example) if example is not None else None
             mlflow.pyfunc.save_model(
                 path=str(saved),
                 python_model=str(PYFUNC_MODEL),
                 artifacts={"model": str(model_copy), "encoders": str(spec["encoders"])},
                 code_paths=[str(package)],
                 pip_requirements=MODEL_REQUIREMENTS,
+                signature=signature,
+                input_example=example,
             )
             self.client.log_artifacts(self.run_id, str(saved), "model")
         self._model_uri = f"runs:/{self.run_id}/model"
@@ -288,6 +300,22 @@ class StageRun:
             for version in record.versions_of_run(self.client, self._model["name"], self.run_id):
                 self.client.delete_model_version(version.name, version.version)
                 log.info("deleted %s version %s of a failed run", version.name, version.version)
+
+
+def table_signature(example: Any) -> Any:
+    """The signature of a model taking this DataFrame's columns and returning minutes, stated
+    from the dtypes (inferring it from a sample warns about integer columns and nulls)."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    def kind(dtype: Any) -> str:
+        if np.issubdtype(dtype, np.integer):
+            return "long" if dtype.itemsize == 8 else "integer"
+        return "double" if np.issubdtype(dtype, np.floating) else "string"
+
+    columns = [ColSpec(kind(example[c].dtype), c) for c in example.columns]
+    return ModelSignature(Schema(columns), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
 
 
 def reconcile_orphans(client: Any, model_name: str) -> list[str]:
@@ -360,10 +388,13 @@ def stage_run(
     from mlflow.entities import Param
 
     with _terminate_as_interrupt():
-        experiment_id = record.ensure_experiment(client, uri)
-        run = client.create_run(experiment_id, tags=tags, run_name=stage)
-        run_id = run.info.run_id
         outputs = StagedOutputs()
+        try:
+            experiment_id = record.ensure_experiment(client, uri)
+            run_id = client.create_run(experiment_id, tags=tags, run_name=stage).info.run_id
+        except Exception as exc:
+            outputs.finish()
+            raise _as_stage_error(exc, uri, outputs.dir) from None
         stage_record = StageRun(stage, client, experiment_id, run_id, outputs)
         try:
             params_flat = sorted(record.flatten("", dict(params)).items())
@@ -386,7 +417,7 @@ def stage_run(
             stage_record._unregister()
             with contextlib.suppress(Exception):
                 client.set_terminated(run_id, "KILLED" if _interrupted(exc) else "FAILED")
-            raise _as_stage_error(exc, uri) from None
+            raise _as_stage_error(exc, uri, outputs.dir) from None
 
 
 def _connect(uri: str) -> Any:
@@ -402,8 +433,11 @@ def _interrupted(exc: BaseException) -> bool:
     return isinstance(exc, KeyboardInterrupt | SystemExit)
 
 
-def _as_stage_error(exc: BaseException, uri: str) -> BaseException:
-    """Store failures in the middle of a run, as the one-line errors run_stage prints."""
+def _as_stage_error(exc: BaseException, uri: str, staging: Path) -> BaseException:
+    """Store failures in the middle of a run, as the one-line errors run_stage prints; an
+    OSError that names no file (a full disk under pyarrow or sendfile) gets the staging folder."""
+    if isinstance(exc, OSError) and not exc.filename:
+        return EnvironmentRefusal(f"{staging} (staged outputs): {exc.strerror or exc}")
     if isinstance(exc, BadInputError | TransientError | EnvironmentRefusal | OSError):
         return exc
     if _interrupted(exc) or not type(exc).__module__.startswith(("mlflow", "sqlalchemy")):

@@ -16,6 +16,7 @@ from stages.common import load_params, read_json, run_stage, write_json
 from stages.tracking import model_lineage, reconcile_orphans, stage_run
 
 log = logging.getLogger("stages.train")
+EXAMPLE_ROWS = 5  # real training trips logged with the model as its input example
 
 
 def main(argv: list[str] | None) -> None:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None) -> None:
         models.save(model, run.output(args.model))
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics | {"fit_seconds": fit_seconds})
+        example = features.drop(columns=[models.TARGET]).head(EXAMPLE_ROWS)
         run.register_model(
             args.model,
             args.encoders,
@@ -53,6 +55,7 @@ def main(argv: list[str] | None) -> None:
                 **model_lineage(),
                 **record.file_tags(record.INPUT, run.inputs),
             },
+            example=example,
         )
     log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)
 

@@ -355,7 +355,7 @@ def test_experiment_mode_equals_dvc_exp_run(project: Path, tmp_path: Path) -> No
 
     cli = [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.05"]
     flow_run = run([*cli, "--name", "flow-alpha"], project, env)
-    assert "saved DVC experiment flow-alpha" in flow_run.stderr + flow_run.stdout
+    assert "experiment: flow-alpha" in flow_run.stderr
     run(["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "cli-alpha"], twin)
 
     flow_exp, cli_exp = exp_row(project, "flow-alpha"), exp_row(twin, "cli-alpha")

@@ -197,3 +197,21 @@ def test_a_fresh_store_from_parallel_worktrees_and_a_temporary_workspace(
     newest = max(versions(repo), key=int)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{newest}")
     assert model is not None
+
+
+def test_a_full_disk_is_one_line_naming_where(project: Path):
+    staging = project / ".dvc" / "tmp" / "staging"
+    staging.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(staging)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr!r}")
+    try:
+        proc = dvc(project, "repro", "ingest_zones", check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(staging)], check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "CANNOT WRITE in stage ingest_zones" in proc.stderr
+    assert "No space left on device" in proc.stderr and str(staging) in proc.stderr
+    assert not (project / "data" / "raw" / "taxi_zone_lookup.csv").exists()
