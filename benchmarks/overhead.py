@@ -198,7 +198,9 @@ def prefect_overhead(workdir: Path, tlc_source: Path, bare_noop_seconds: float) 
         runs = [timed(command, repo, served)[0] for _ in range(NOOP_REPEATS)]
     result["server_seconds"] = [round(s, 3) for s in runs]
     result["added_seconds"] = round(min(runs) - bare_noop_seconds, 3)
-    ephemeral = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    result["ephemeral_seconds"] = round(timed(command, repo, ephemeral)[0], 3)
-    result["ephemeral_added_seconds"] = round(result["ephemeral_seconds"] - bare_noop_seconds, 3)
+    # No PREFECT_API_URL: the command line starts a server for the run (flows.local_server).
+    alone = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    runs = [timed(command, repo, alone)[0] for _ in range(NOOP_REPEATS)]
+    result["own_server_seconds"] = [round(s, 3) for s in runs]
+    result["own_server_added_seconds"] = round(min(runs) - bare_noop_seconds, 3)
     return result

@@ -47,7 +47,10 @@ def fetch(source: str, dest: Path, attempts: int = 3, timeout_s: float = 60.0) -
     if not source.startswith(("http://", "https://")):
         if not Path(source).is_file():
             raise BadInputError(f"{source}: no such file in the local source ({SOURCE_ENV})")
-        shutil.copyfile(source, dest)
+        try:
+            shutil.copyfile(source, dest)
+        except OSError as exc:  # name the file that could not be written, not the source
+            raise OSError(exc.errno, exc.strerror, str(dest)) from None
         return
     for attempt in range(1, attempts + 1):
         try:

@@ -463,7 +463,7 @@ def test_interrupts_and_a_second_run_never_leave_wrong_data(project: Path, tmp_p
         )
         time.sleep(1.0)
         children = _descendants(flow.pid)
-        server = [p for p, c in children.items() if "uvicorn" in c]
+        server = [p for p, c in children.items() if "prefect server start" in c]
         signalled = time.monotonic()
         if sig == signal.SIGINT:
             os.killpg(flow.pid, sig)  # Ctrl-C in a terminal: the whole foreground group

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run
+from tests.conftest import ROOT, run
 from workspaces.experiments import apply_overrides, save_experiment
 from workspaces.locks import LockTimeoutError, file_lock, git_common_dir, shared_git_state
 
@@ -118,7 +118,7 @@ def test_parallel_exp_saves_in_worktrees_all_land_with_their_own_params(tmp_path
     repo.mkdir()
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
-    (repo / "params.yaml").write_text("model:\n  alpha: 1.0\n")
+    (repo / "params.yaml").write_bytes((ROOT / "params.yaml").read_bytes())
     (repo / "dvc.yaml").write_text(DVC_YAML)
     for cmd in (
         ["git", "init", "-q", "-b", "main"],

@@ -194,6 +194,7 @@ def test_a_fresh_store_from_parallel_worktrees_and_a_temporary_workspace(
     experiment = client.get_experiment_by_name("taxi-trip-duration")
     assert experiment.artifact_location == (repo / "mlruns").as_uri()
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{repo / 'mlflow.db'}")
     newest = max(versions(repo), key=int)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{newest}")
     assert model is not None
