@@ -90,8 +90,9 @@ def interrupted() -> None:
     _console().print("[yellow]interrupted[/]: the running stage was stopped, params.yaml kept")
 
 
-def summary(state: Any) -> int:
-    """The run's summary; the exit status (0, or 65 bad input, 75 transient, 1 other)."""
+def summary(state: Any, prefect_ui: str | None) -> int:
+    """The run's summary; the exit status (0, or 65 bad input, 75 transient, 1 other).
+    `prefect_ui`: the running Prefect server the run used, None for a temporary one."""
     from workspaces.repro import BadStageInput, TransientStageFailure
 
     console = _console()
@@ -102,12 +103,12 @@ def summary(state: Any) -> int:
             return EXIT_BAD_INPUT
         return EXIT_TRANSIENT if isinstance(error, TransientStageFailure) else EXIT_FAILED
     result = state.result()
-    for line in summary_lines(result):
+    for line in summary_lines(result, prefect_ui):
         console.print(line)
     return 0
 
 
-def summary_lines(result: dict[str, Any]) -> list[str]:
+def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list[str]:
     """The few lines that end a successful run."""
     stages = result["stages"]
     ran = [s["stage"] for s in stages if s["status"] == "ran"]
@@ -131,8 +132,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append("model: unchanged (the one dvc.lock records)")
     uri = record.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    prefect_ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or (
-        "prefect server start"
-    )
-    lines.append(f"look: {mlflow_ui} · {prefect_ui} (artifact pipeline-report)")
+    prefect = prefect_ui or "prefect server start (its UI shows this run)"
+    lines.append(f"look: {mlflow_ui} · {prefect} · artifact pipeline-report")
     return lines

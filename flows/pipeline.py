@@ -97,7 +97,8 @@ def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, 
     with console.quiet_prefect():
         parameters["plan"] = early_plan.result() if early_plan else None
         state = pipeline(**parameters, return_state=True)
-    return console.summary(state)
+    running = None if server else os.environ["PREFECT_API_URL"].removesuffix("/api")
+    return console.summary(state, running)
 
 
 if __name__ == "__main__":
