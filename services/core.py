@@ -97,7 +97,7 @@ def up(cfg: Config) -> Outcome:
                 "mlflow": lambda: mlflow_server.start(cfg, creds),
                 "prefect": lambda: prefect_server.start_server(cfg, creds),
             },
-            {"work pool": lambda: prefect_server.ensure_pool(cfg)},
+            {"work-pool": lambda: prefect_server.ensure_pool(cfg)},
             {"workers": lambda: prefect_server.start_workers(cfg, creds)},
         ]
         for stage in stages:
@@ -115,9 +115,7 @@ def down(cfg: Config) -> Outcome:
     """Stop everything that runs, workers first; fine when nothing runs."""
     began = time.monotonic()
     outcome = Outcome([], [], 0.0)
-    if not cfg.root.is_dir():
-        outcome.lines.append(("services", f"nothing to stop ({cfg.root} does not exist)"))
-        outcome.seconds = time.monotonic() - began
+    if not cfg.root.is_dir():  # never started here
         return outcome
     with _locked(cfg):
         cfg.pids.mkdir(exist_ok=True)

@@ -157,6 +157,12 @@ def spawn(
             )
         except OSError as exc:
             raise ServiceError(name, f"cannot run {argv[0]}: {exc.strerror}") from None
+    if _start_ticks(proc.pid) is None:  # already over: say why
+        status = proc.wait()
+        tail = last_log_line(log)
+        raise ServiceError(
+            name, f"exited with status {status} at start{': ' + tail if tail else ''} (log: {log})"
+        )
     save_record(pids, name, proc.pid, ports, argv)
     return proc
 

@@ -13,6 +13,7 @@ starts with `-master.resumeState=false` (the volume servers report the topology 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -37,6 +38,12 @@ NAME = "seaweedfs"
 LABEL = "SeaweedFS"
 BUCKETS = (DVC_BUCKET, MLFLOW_BUCKET)
 STOP_GRACE = 3.0  # it does not exit within 8-15 s of SIGTERM; its data is synced per write
+GRPC = {
+    "master": "weed_master_grpc",
+    "volume": "weed_volume_grpc",
+    "filer": "weed_filer_grpc",
+    "s3": "s3_grpc",
+}
 PORT_KEYS = (
     "s3", "s3_grpc", "weed_master", "weed_master_grpc", "weed_volume", "weed_volume_grpc",
     "weed_filer", "weed_filer_grpc",
@@ -190,4 +197,15 @@ def stop(cfg: Config) -> str:
         return "was not running"
     how = stop_group(record, grace=STOP_GRACE)
     forget(cfg.pids, NAME)
+    _remove_grpc_sockets(cfg)
     return how
+
+
+def _remove_grpc_sockets(cfg: Config) -> None:
+    """weed also serves gRPC on /tmp/seaweedfs-<part>-grpc-<port>.sock (no flag moves them)
+    and a killed weed leaves them behind: remove those of this stack's ports."""
+    for part in ("master", "volume", "filer", "s3"):
+        sock = Path("/tmp") / f"seaweedfs-{part}-grpc-{cfg.ports[GRPC[part]]}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            if sock.is_socket():
+                sock.unlink()
