@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 
 from services import postgres
 from services.config import HOST, MLFLOW_BUCKET, MLFLOW_PREFIX, S3_REGION, Config
 from services.credentials import Credentials
-from services.process import (
-    ServiceError,
-    forget,
-    port_free,
-    running_record,
-    spawn,
-    stop_group,
-    wait_until,
-)
+from services.process import ensure_process, stop_service
 
 NAME = "mlflow"
 LABEL = "MLflow server"
@@ -70,47 +61,20 @@ def healthy(cfg: Config) -> bool:
 
 
 def start(cfg: Config, creds: Credentials) -> str:
-    port = cfg.ports["mlflow"]
-    record = running_record(cfg.pids, NAME)
-    if record is not None:
-        if port not in record.ports:
-            raise ServiceError(
-                LABEL, f"already running on port {record.ports}: stop the services first"
-            )
-        if healthy(cfg):
-            return "already up"
-        raise ServiceError(LABEL, f"process {record.pid} runs but {cfg.mlflow_url} does not answer")
-    if not port_free(port):
-        raise ServiceError(
-            LABEL, f"port {port} on {HOST} is in use by another program (set SERVICES_MLFLOW_PORT)"
-        )
-    began = time.monotonic()
-    log = cfg.log(NAME)
-    proc = spawn(
-        NAME,
-        argv(cfg),
+    return ensure_process(
+        name=NAME,
+        label=LABEL,
+        argv=argv(cfg),
         env=environment(cfg, creds),
         cwd=cfg.root,
-        log=log,
-        pids=cfg.pids,
-        ports=[port],
-    )
-    wait_until(
-        lambda: healthy(cfg),
-        timeout=cfg.start_timeout,
-        service=LABEL,
+        ports={"SERVICES_MLFLOW_PORT": cfg.ports["mlflow"]},
+        ready=lambda: healthy(cfg),
         what=f"answering on {cfg.mlflow_url}/health",
-        proc=proc,
-        log=log,
+        timeout=cfg.start_timeout,
+        pids=cfg.pids,
+        log=cfg.log(NAME),
     )
-    return f"started in {time.monotonic() - began:.1f} s"
 
 
 def stop(cfg: Config) -> str:
-    record = running_record(cfg.pids, NAME)
-    if record is None:
-        forget(cfg.pids, NAME)
-        return "was not running"
-    how = stop_group(record, grace=STOP_GRACE)
-    forget(cfg.pids, NAME)
-    return how
+    return stop_service(cfg.pids, NAME, STOP_GRACE)

@@ -13,9 +13,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,16 +23,7 @@ from services import postgres
 from services.config import HOST, PROJECT_ROOT, WORK_POOL, Config
 from services.credentials import Credentials
 from services.envfile import client_environment
-from services.process import (
-    ServiceError,
-    forget,
-    port_free,
-    read_record,
-    running_record,
-    spawn,
-    stop_group,
-    wait_until,
-)
+from services.process import ServiceError, ensure_process, running_record, stop_service
 
 NAME = "prefect"
 LABEL = "Prefect server"
@@ -81,43 +72,19 @@ def healthy(cfg: Config) -> bool:
 
 
 def start_server(cfg: Config, creds: Credentials) -> str:
-    port = cfg.ports["prefect"]
-    record = running_record(cfg.pids, NAME)
-    if record is not None:
-        if port not in record.ports:
-            raise ServiceError(
-                LABEL, f"already running on port {record.ports}: stop the services first"
-            )
-        if healthy(cfg):
-            return "already up"
-        raise ServiceError(
-            LABEL, f"process {record.pid} runs but {cfg.prefect_api_url} does not answer"
-        )
-    if not port_free(port):
-        raise ServiceError(
-            LABEL,
-            f"port {port} on {HOST} is in use by another program (set SERVICES_PREFECT_PORT)",
-        )
-    began = time.monotonic()
-    log = cfg.log(NAME)
-    proc = spawn(
-        NAME,
-        server_argv(cfg),
+    return ensure_process(
+        name=NAME,
+        label=LABEL,
+        argv=server_argv(cfg),
         env=server_environment(cfg, creds),
         cwd=cfg.root,
-        log=log,
-        pids=cfg.pids,
-        ports=[port],
-    )
-    wait_until(
-        lambda: healthy(cfg),
-        timeout=cfg.start_timeout,
-        service=LABEL,
+        ports={"SERVICES_PREFECT_PORT": cfg.ports["prefect"]},
+        ready=lambda: healthy(cfg),
         what=f"answering on {cfg.prefect_api_url}/health",
-        proc=proc,
-        log=log,
+        timeout=cfg.start_timeout,
+        pids=cfg.pids,
+        log=cfg.log(NAME),
     )
-    return f"started in {time.monotonic() - began:.1f} s"
 
 
 # ---- the work pool and its workers
@@ -188,62 +155,52 @@ def worker_argv(name: str) -> list[str]:
 
 
 def start_workers(cfg: Config, creds: Credentials) -> dict[str, str]:
-    """Start the workers not running; wait until the server lists each as online."""
-    results: dict[str, str] = {}
+    """Start the workers not running, each until the server lists it as online; stop the
+    recorded workers beyond SERVICES_WORKERS."""
     env = {
         **_base_env(cfg),
         **client_environment(cfg, creds),
         "PREFECT_WORKER_QUERY_SECONDS": str(cfg.worker_poll_seconds),
     }
     since = datetime.now(UTC).replace(microsecond=0)
-    started: dict[str, subprocess.Popen] = {}
     names = cfg.worker_names()
-    for index, name in enumerate(names, start=1):
+
+    def one(index: int, name: str) -> str:
         key = worker_key(index)
         record = running_record(cfg.pids, key)
-        if record is not None and record.argv == worker_argv(name):
-            results[key] = "already up"
-            continue
-        if record is not None:  # renamed by SERVICES_WORKER_PREFIX: replace it
-            stop_group(record, grace=WORKER_STOP_GRACE)
-        started[name] = spawn(
-            key,
-            worker_argv(name),
+        if record is not None and record.argv != worker_argv(name):  # renamed: replace it
+            stop_service(cfg.pids, key, WORKER_STOP_GRACE)
+            record = None
+        # a worker started now counts once it has sent a heartbeat; a running one as listed
+        after = since if record is None else None
+        return ensure_process(
+            name=key,
+            label=f"Prefect worker {name}",
+            argv=worker_argv(name),
             env=env,
             cwd=PROJECT_ROOT,
-            log=cfg.log(key),
-            pids=cfg.pids,
-            ports=[],
-        )
-    began = time.monotonic()
-    for name, proc in started.items():
-        key = worker_key(names.index(name) + 1)
-        wait_until(
-            lambda name=name: name in workers_online(cfg, [name], since),
-            timeout=cfg.start_timeout,
-            service=f"Prefect worker {name}",
+            ports={},
+            ready=lambda: name in workers_online(cfg, [name], after),
             what=f"online in work pool {WORK_POOL}",
-            proc=proc,
+            timeout=cfg.start_timeout,
+            pids=cfg.pids,
             log=cfg.log(key),
             interval=0.5,
         )
-        results[key] = f"started in {time.monotonic() - began:.1f} s"
-    for index in range(len(names) + 1, 64):  # fewer workers asked for than are running
-        key = worker_key(index)
-        if read_record(cfg.pids, key) is None:
-            break
-        results[key] = stop_worker(cfg, key)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:  # they start side by side
+        futures = {
+            worker_key(i): pool.submit(one, i, name) for i, name in enumerate(names, start=1)
+        }
+        results = {key: future.result() for key, future in futures.items()}
+    for key in recorded_workers(cfg):
+        if int(key.rsplit("-", 1)[1]) > len(names):
+            results[key] = stop_worker(cfg, key)
     return results
 
 
 def stop_worker(cfg: Config, key: str) -> str:
-    record = running_record(cfg.pids, key)
-    if record is None:
-        forget(cfg.pids, key)
-        return "was not running"
-    how = stop_group(record, grace=WORKER_STOP_GRACE)
-    forget(cfg.pids, key)
-    return how
+    return stop_service(cfg.pids, key, WORKER_STOP_GRACE)
 
 
 def recorded_workers(cfg: Config) -> list[str]:
@@ -251,10 +208,4 @@ def recorded_workers(cfg: Config) -> list[str]:
 
 
 def stop_server(cfg: Config) -> str:
-    record = running_record(cfg.pids, NAME)
-    if record is None:
-        forget(cfg.pids, NAME)
-        return "was not running"
-    how = stop_group(record, grace=STOP_GRACE)
-    forget(cfg.pids, NAME)
-    return how
+    return stop_service(cfg.pids, NAME, STOP_GRACE)

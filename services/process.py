@@ -59,20 +59,24 @@ def _start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _group_members(pgid: int) -> list[int]:
-    """The live processes of process group `pgid`."""
-    members = []
+MARKER_ENV = "SERVICES_MEMBER"  # in every spawned process's environment, inherited by its children
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose environment carries `marker` (a service and all it started)."""
+    needle = f"{MARKER_ENV}={marker}".encode()
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+        if _start_ticks(int(entry.name)) is not None:
+            found.append(int(entry.name))
+    return found
 
 
 @dataclass
@@ -85,9 +89,17 @@ class Record:
     ports: list[int]
     argv: list[str]
     started: str
+    marker: str = ""
 
     def alive(self) -> bool:
         return _start_ticks(self.pid) == self.start_ticks
+
+    def members(self) -> list[int]:
+        """Its live processes: the leader and everything it started (through the marker)."""
+        found = set(_marked(self.marker)) if self.marker else set()
+        if self.alive():
+            found.add(self.pid)
+        return sorted(found)
 
 
 def record_path(pids: Path, name: str) -> Path:
@@ -108,7 +120,9 @@ def running_record(pids: Path, name: str) -> Record | None:
     return record if record is not None and record.alive() else None
 
 
-def save_record(pids: Path, name: str, pid: int, ports: list[int], argv: list[str]) -> Record:
+def save_record(
+    pids: Path, name: str, pid: int, ports: list[int], argv: list[str], *, marker: str = ""
+) -> Record:
     ticks = _start_ticks(pid)
     if ticks is None:
         raise ServiceError(name, f"process {pid} ended right after it was started")
@@ -119,6 +133,7 @@ def save_record(pids: Path, name: str, pid: int, ports: list[int], argv: list[st
         ports=ports,
         argv=argv,
         started=datetime.now(UTC).isoformat(timespec="seconds"),
+        marker=marker,
     )
     write_private(record_path(pids, name), json.dumps(asdict(record), indent=1) + "\n", 0o644)
     return record
@@ -141,6 +156,7 @@ def spawn(
 ) -> subprocess.Popen:
     """Start `argv` in a new session (its own process group), output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    marker = str(record_path(pids, name))
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
     with open(log, "a") as out:
         out.write(f"\n===== {stamp} services: starting {name}\n")
@@ -149,7 +165,7 @@ def spawn(
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
-                env=dict(env),
+                env={**env, MARKER_ENV: marker},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -163,7 +179,7 @@ def spawn(
         raise ServiceError(
             name, f"exited with status {status} at start{': ' + tail if tail else ''} (log: {log})"
         )
-    save_record(pids, name, proc.pid, ports, argv)
+    save_record(pids, name, proc.pid, ports, argv, marker=marker)
     return proc
 
 
@@ -234,23 +250,104 @@ def port_free(port: int, host: str = HOST) -> bool:
 
 
 def stop_group(record: Record, *, grace: float, kill_wait: float = 5.0) -> str:
-    """SIGTERM to the record's process group, up to `grace` s, then SIGKILL to what is left.
-    Returns how it ended ("stopped", "killed after N s")."""
-    pgid = record.pid
-    if not record.alive() and not _group_members(pgid):
+    """SIGTERM to the record's processes (its group and whatever carries its marker), up to
+    `grace` s, then SIGKILL to what is left. Returns how it ended."""
+    if not record.members():
         return "was not running"
     start = time.monotonic()
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(record.pid, signal.SIGTERM)
+    for pid in record.members():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
     while time.monotonic() - start < grace:
-        if not record.alive() and not _group_members(pgid):
+        if not record.members():
             return f"stopped in {time.monotonic() - start:.1f} s"
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
     deadline = time.monotonic() + kill_wait
     while time.monotonic() < deadline:
-        if not record.alive() and not _group_members(pgid):
+        left = record.members()
+        if not left:
             return f"killed after {grace:g} s (SIGTERM was not enough)"
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record.pid, signal.SIGKILL)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-    raise ServiceError(record.name, f"process group {pgid} survived SIGKILL for {kill_wait:g} s")
+    raise ServiceError(record.name, f"processes {record.members()} survived SIGKILL")
+
+
+def ensure_process(
+    *,
+    name: str,
+    label: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    ports: Mapping[str, int],
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float,
+    pids: Path,
+    log: Path,
+    interval: float = 0.2,
+) -> str:
+    """Start `argv` as service `name` unless it runs; wait until `ready()`. What was done.
+
+    `ports` maps the variable that sets each port to the port. A recorded process that runs
+    but is not ready yet (another `up` is starting it) is waited for; processes left by a
+    killed leader are stopped first; a port held by another program is named."""
+    record = read_record(pids, name)
+    if record is not None and record.alive():
+        if sorted(record.ports) != sorted(ports.values()):
+            raise ServiceError(
+                label,
+                f"runs on ports {sorted(record.ports)}, not {sorted(ports.values())}: "
+                "stop the services first (python -m services down)",
+            )
+        if ready():
+            return "already up"
+        waited = wait_until(
+            lambda: ready() or not record.alive(),
+            timeout=timeout,
+            service=label,
+            what=f"{what} (pid {record.pid} was starting)",
+            log=log,
+            interval=interval,
+        )
+        if not record.alive():
+            raise ServiceError(label, f"pid {record.pid} exited while starting (log: {log})")
+        return f"was starting, up after {waited:.1f} s"
+    leftovers = ""
+    if record is not None and record.members():  # its leader died, its children did not
+        leftovers = f"; stopped {len(record.members())} leftover processes first"
+        stop_group(record, grace=5.0)
+    for variable, port in ports.items():
+        if not port_free(port):
+            raise ServiceError(
+                label, f"port {port} on {HOST} is in use by another program (set {variable})"
+            )
+    began = time.monotonic()
+    proc = spawn(name, argv, env=env, cwd=cwd, log=log, pids=pids, ports=list(ports.values()))
+    wait_until(
+        ready,
+        timeout=timeout,
+        service=label,
+        what=what,
+        proc=proc,
+        log=log,
+        interval=interval,
+    )
+    return f"started in {time.monotonic() - began:.1f} s{leftovers}"
+
+
+def stop_service(pids: Path, name: str, grace: float) -> str:
+    """Stop the recorded service `name` and everything it started; forget its record."""
+    record = read_record(pids, name)
+    if record is None or not record.members():
+        forget(pids, name)
+        return "was not running"
+    how = stop_group(record, grace=grace)
+    forget(pids, name)
+    return how

@@ -17,22 +17,12 @@ import contextlib
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from services.config import DVC_BUCKET, HOST, MLFLOW_BUCKET, S3_REGION, Config
+from services.config import DVC_BUCKET, HOST, MLFLOW_BUCKET, PORTS, S3_REGION, Config
 from services.credentials import Credentials
-from services.process import (
-    ServiceError,
-    forget,
-    port_free,
-    running_record,
-    spawn,
-    stop_group,
-    wait_until,
-    write_private,
-)
+from services.process import ServiceError, ensure_process, stop_service, write_private
 
 NAME = "seaweedfs"
 LABEL = "SeaweedFS"
@@ -151,52 +141,26 @@ def _buckets_writable(s3: Any) -> bool:
 
 def start(cfg: Config, creds: Credentials) -> str:
     write_private(identities_file(cfg), _identities(creds))
-    ports = [cfg.ports[k] for k in PORT_KEYS]
-    record = running_record(cfg.pids, NAME)
-    if record is not None:
-        if sorted(record.ports) != sorted(ports):
-            raise ServiceError(
-                LABEL,
-                f"already running on other ports ({record.ports}): stop the services first",
-            )
-        if healthy(cfg, creds):
-            return "already up"
-        raise ServiceError(
-            LABEL, f"process {record.pid} runs but S3 does not answer on {cfg.s3_endpoint}"
-        )
-    for key in PORT_KEYS:
-        if not port_free(cfg.ports[key]):
-            from services.config import PORTS
-
-            raise ServiceError(
-                LABEL,
-                f"port {cfg.ports[key]} on {HOST} is in use by another program "
-                f"(set {PORTS[key][0]})",
-            )
-    began = time.monotonic()
     (cfg.root / "seaweedfs").mkdir(exist_ok=True)
-    log = cfg.log(NAME)
-    proc = spawn(NAME, argv(cfg), env=os.environ, cwd=cfg.root, log=log, pids=cfg.pids, ports=ports)
     s3 = client(cfg, creds)
-    wait_until(
-        lambda: _buckets_writable(s3),
-        timeout=cfg.start_timeout,
-        service=LABEL,
+    return ensure_process(
+        name=NAME,
+        label=LABEL,
+        argv=argv(cfg),
+        env=os.environ,
+        cwd=cfg.root,
+        ports={PORTS[key][0]: cfg.ports[key] for key in PORT_KEYS},
+        ready=lambda: _buckets_writable(s3),
         what=f"serving S3 on {cfg.s3_endpoint} with writable buckets",
-        proc=proc,
-        log=log,
+        timeout=cfg.start_timeout,
+        pids=cfg.pids,
+        log=cfg.log(NAME),
         interval=0.3,
     )
-    return f"started in {time.monotonic() - began:.1f} s"
 
 
 def stop(cfg: Config) -> str:
-    record = running_record(cfg.pids, NAME)
-    if record is None:
-        forget(cfg.pids, NAME)
-        return "was not running"
-    how = stop_group(record, grace=STOP_GRACE)
-    forget(cfg.pids, NAME)
+    how = stop_service(cfg.pids, NAME, STOP_GRACE)
     _remove_grpc_sockets(cfg)
     return how
 
