@@ -12,6 +12,7 @@ setting; 3 `status` found something down.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -73,9 +74,11 @@ def _status(cfg: Config) -> int:
 
 
 def _dvc_remote(cfg: Config, repo: Path) -> int:
-    creds = core.credentials(cfg)
+    remote = dvc_remote.RemoteSettings.from_env(os.environ)
+    if remote is None:
+        remote = dvc_remote.RemoteSettings.of_stack(cfg, core.credentials(cfg))
     try:
-        _say(f"dvc remote {dvc_remote.configure(repo, cfg, creds)}")
+        _say(f"dvc remote {dvc_remote.configure(repo, remote)}")
     except dvc_remote.DvcRemoteError as exc:
         _fail(f"DVC remote: {exc}")
         return 1

@@ -47,7 +47,7 @@ def _locked(cfg: Config) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise ServiceError(
-                        "services", f"another up/down held {cfg.root}/lock for {LOCK_WAIT:g} s"
+                        "lock", f"another up/down held {cfg.root}/lock for {LOCK_WAIT:g} s"
                     ) from None
                 time.sleep(0.2)
         yield
@@ -146,7 +146,7 @@ def down(cfg: Config) -> Outcome:
         time.sleep(0.2)
         busy = [port for port in busy if not port_free(port)]
     if busy and not outcome.errors:
-        outcome.errors.append(f"services: ports still in use 5 s after down: {busy}")
+        outcome.errors.append(f"ports: still in use 5 s after down: {busy}")
     outcome.seconds = time.monotonic() - began
     return outcome
 
@@ -216,5 +216,9 @@ def status(cfg: Config) -> list[State]:
 def credentials(cfg: Config) -> Credentials:
     """The stack's credentials (ServiceError when `up` never ran here)."""
     if not cfg.credentials_file.is_file():
-        raise ServiceError("services", f"no credentials in {cfg.root}: run `make services` first")
+        raise ServiceError(
+            "dvc-remote",
+            f"no credentials in {cfg.root}: run `make services` first, or source the "
+            ".services/env of the stack (or set SERVICES_DIR to its folder)",
+        )
     return load_or_create(cfg.credentials_file)

@@ -133,8 +133,14 @@ def test_stop_group_kills_what_ignores_sigterm_and_its_children(tmp_path: Path) 
     assert _live_members(record.pid) == []
 
 
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without a sourced .services/env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TAXI_", "SERVICES_"))}
+    return {**env, **extra}
+
+
 def test_cli_on_a_folder_never_started(tmp_path: Path) -> None:
-    env = {**os.environ, "SERVICES_DIR": str(tmp_path / "never")}
+    env = _clean_env(SERVICES_DIR=str(tmp_path / "never"))
     run = [sys.executable, "-m", "services"]
     down = subprocess.run([*run, "down"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert (down.returncode, down.stdout.strip()) == (0, "services: already down, nothing to stop")
@@ -151,3 +157,31 @@ def test_cli_on_a_folder_never_started(tmp_path: Path) -> None:
         text=True,
     )  # fmt: skip
     assert remote.returncode == 1 and "run `make services` first" in remote.stderr
+
+
+def test_dvc_remote_from_a_sourced_env_file_goes_to_the_local_config(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=repo, check=True)
+    cfg = Config.from_env({"SERVICES_DIR": str(tmp_path / "stack")})
+    creds = load_or_create(cfg.credentials_file)
+    env = _clean_env(
+        SERVICES_DIR=str(tmp_path / "elsewhere"),  # no stack here: the variables are used
+        **envfile.client_environment(cfg, creds),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "services", "dvc-remote", "--repo", str(repo)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"dvc remote team -> s3://taxi-dvc/dvc at {cfg.s3_endpoint} (in {repo}/.dvc/config.local)\n"
+    )
+    local = (repo / ".dvc" / "config.local").read_text()
+    assert "remote = team" in local and f"secret_access_key = {creds.s3_secret_key}" in local
+    assert "team" not in (repo / ".dvc" / "config").read_text()
+    shown = subprocess.run(
+        [dvc, "remote", "list"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.split() == ["team", "s3://taxi-dvc/dvc", "(default)"]
