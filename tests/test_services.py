@@ -129,7 +129,9 @@ def stack() -> Iterator[Stack]:
     parent.chmod(0o711)
     root = parent / "s"
     ports = free_ports(len(PORTS))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "AWS_"))}
+    # nothing of a developer's sourced .services/env or own settings reaches the stack
+    clients = ("MLFLOW_", "PREFECT_", "AWS_", "TAXI_", "SERVICES_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(clients)}
     env.update({name: str(port) for (name, _), port in zip(PORTS.values(), ports, strict=True)})
     env.update(SERVICES_DIR=str(root), SERVICES_WORKER_PREFIX="test", SERVICES_START_TIMEOUT="240")
     began = time.monotonic()
