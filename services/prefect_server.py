@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from services import postgres
@@ -161,6 +162,8 @@ def start_workers(cfg: Config, creds: Credentials) -> dict[str, str]:
         **_base_env(cfg),
         **client_environment(cfg, creds),
         "PREFECT_WORKER_QUERY_SECONDS": str(cfg.worker_poll_seconds),
+        # flow runs use this project's environment (dvc, python) even without `uv run`
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     since = datetime.now(UTC).replace(microsecond=0)
     names = cfg.worker_names()
