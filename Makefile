@@ -6,10 +6,10 @@ TLC_SOURCE ?= $(abspath $(wildcard ../shared/nyc-taxi))
 export TLC_SOURCE
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 
-.PHONY: help env pipeline test test-fast lint bench
+.PHONY: help env pipeline test test-fast lint bench services services-down services-status
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on CI) nothing is ever cached, and
 # every stage process and `dvc repro` recompiles its imports (no-op repro 1.6 s instead of 0.7 s).
@@ -31,3 +31,13 @@ lint: env ## ruff lint and format check
 
 bench: env ## run every benchmark (about 10 min); results in benchmarks/results/
 	$(UV) run --frozen python -m benchmarks.run
+
+# Team mode (services/README-team.md): real servers on 127.0.0.1, state and logs in .services/.
+services: env ## start PostgreSQL, SeaweedFS (S3), MLflow and Prefect servers, 2 workers
+	$(UV) run --frozen python -m services up
+
+services-down: ## stop every team service (bounded waits), free their ports
+	$(UV) run --frozen python -m services down
+
+services-status: ## one line per team service (exit 3 when one is down)
+	$(UV) run --frozen python -m services status
