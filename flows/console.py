@@ -69,12 +69,44 @@ class StageProgress(logging.Handler):
             self.status = None
 
 
+class _WithoutTraceback(logging.Formatter):
+    """Prefect's console lines without the tracebacks it attaches to a failed run's errors:
+    the summary says what failed; the traceback stays in the run's log in the Prefect API."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _console_without_tracebacks() -> None:
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+                handler.formatter, _WithoutTraceback
+            ):
+                handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
+
+
 @contextlib.contextmanager
-def quiet_prefect() -> Iterator[None]:
+def quiet_prefect(verbose: bool = False) -> Iterator[None]:
     """A command-line flow run: stage progress on the terminal, no heartbeat thread (it rounds
     every run up to the next second; a one-off run has no deployment to reveal it crashed)."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
+    if not verbose:
+        _console_without_tracebacks()
     progress = StageProgress()
     logger = logging.getLogger("prefect.task_runs")
     logger.addHandler(progress)
@@ -115,6 +147,9 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
     lines = [f"[bold]{len(ran)} stage(s) ran, {len(stages) - len(ran)} unchanged[/]"]
     if result.get("experiment"):
         lines.append(f"experiment: {result['experiment']} (dvc exp show)")
+    pushed = result.get("pushed") or {}
+    if pushed.get("status") == "pushed":
+        lines.append(f"data pushed to DVC remote {pushed['remote']}")
     metrics = {m["split"]: m for m in result.get("metrics") or []}
     record = result.get("mlflow") or {}
     model = record.get("model_version")

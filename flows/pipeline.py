@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, 
     if args.command == "serve":
         pipeline.serve(name="retrain", cron=args.cron, parameters=parameters)
         return 0
-    with console.quiet_prefect():
+    with console.quiet_prefect(args.verbose):
         parameters["plan"] = early_plan.result() if early_plan else None
         state = pipeline(**parameters, return_state=True)
     running = None if server else os.environ["PREFECT_API_URL"].removesuffix("/api")

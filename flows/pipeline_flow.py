@@ -96,6 +96,46 @@ def _event(phase: str, outcome: dict[str, Any]) -> dict[str, Any]:
     return {STAGE_EVENT: {"phase": phase, **outcome}}
 
 
+@task(
+    task_run_name="dvc push",
+    retries=RETRIES,
+    retry_delay_seconds=5.0,
+    retry_jitter_factor=RETRY_JITTER_FACTOR,
+    retry_condition_fn=worth_retrying,
+)
+def push_outputs(workspace: str, timeout_seconds: float) -> dict[str, Any]:
+    """`dvc push` of the workspace's outputs to its default remote (team mode), retried.
+
+    DVC uploads each cache object whole and the directory listings last, so an interrupted
+    push leaves nothing half-written that a later pull would take for data.
+    """
+    logger = get_run_logger()
+    remote = remote_of(Path(workspace))
+    if remote is None:
+        logger.info("no DVC remote: nothing pushed")
+        return {"remote": None, "status": "skipped"}
+    started = time.perf_counter()
+    result = repro.run_command(
+        ["dvc", "push", "--remote", remote],
+        Path(workspace),
+        os.environ,
+        timeout_seconds,
+        lambda line: logger.info("%s", line),
+    )
+    if result.timed_out or result.returncode != 0:
+        tail = "\n".join(result.lines[-5:])
+        raise repro.TransientStageFailure(f"dvc push to {remote} failed:\n{tail}")
+    seconds = round(time.perf_counter() - started, 2)
+    logger.info("pushed to DVC remote %s in %.1f s", remote, seconds)
+    return {"remote": remote, "status": "pushed", "seconds": seconds}
+
+
+def remote_of(workspace: Path) -> str | None:
+    from workspaces.remote import ensure_remote
+
+    return ensure_remote(workspace)
+
+
 @flow(name="taxi-pipeline")
 def pipeline(
     workspace: str = ".",
@@ -129,6 +169,7 @@ def pipeline(
         original_params = params_file.read_bytes()
         outcomes = []
         saved = None
+        pushed: dict[str, Any] = {"status": "skipped", "remote": None}
         try:
             if overrides:
                 experiments.apply_overrides(repo, overrides)
@@ -152,6 +193,10 @@ def pipeline(
                 name = experiment_name or f"flow-{flow_run.name}"
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)
+            if ran:
+                pushed = push_outputs.with_options(retries=retries)(
+                    str(repo), stage_timeout_seconds
+                )
         except BaseException:
             stopped = repro.stop_all()  # before params.yaml changes under a running stage
             if experiment and params_file.read_bytes() != original_params:
@@ -166,6 +211,7 @@ def pipeline(
         "pipeline_run_id": run_id,
         "stages": outcomes,
         "experiment": saved,
+        "pushed": pushed,
         "metrics": summary["metrics"],
         "mlflow": summary["mlflow"],
     }

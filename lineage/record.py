@@ -366,3 +366,30 @@ def runs_of_execution(client: Any, experiment_ids: list[str], pipeline_run_id: s
 def versions_of_run(client: Any, model_name: str, run_id: str) -> list[Any]:
     """The registered versions a run created (also those whose creation it never heard of)."""
     return client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+
+
+def lineage_of_version(tags: Mapping[str, str]) -> dict[str, str]:
+    """What makes two model versions the same model: its bytes, the raw files and the
+    features it was trained on (not the run, the commit or dvc.lock's md5)."""
+    keep = {MODEL_MD5_TAG}
+    return {k: v for k, v in tags.items() if k in keep or k.startswith((f"{RAW}/", f"{INPUT}/"))}
+
+
+def same_model_version(client: Any, model_name: str, tags: Mapping[str, str]) -> Any | None:
+    """A registered version of these model bytes with the same lineage whose run finished."""
+    wanted = lineage_of_version(tags)
+    if MODEL_MD5_TAG not in wanted:
+        return None
+    candidates = client.search_model_versions(
+        f"name = '{model_name}' and tags.{MODEL_MD5_TAG} = '{wanted[MODEL_MD5_TAG]}'"
+    )
+    for version in sorted(candidates, key=lambda v: int(v.version)):
+        if lineage_of_version(version.tags) != wanted:
+            continue
+        try:
+            finished = client.get_run(version.run_id).info.status == "FINISHED"
+        except Exception:  # its run was deleted: not a version to reuse
+            finished = False
+        if finished:
+            return version
+    return None

@@ -205,6 +205,27 @@ def cache_object(cache: Path, md5: str) -> Path:
     return cache / "files" / "md5" / md5[:2] / md5[2:]
 
 
+def fetch_missing(lineage: Lineage, nodes: list[FileNode], repo: Path = Path()) -> None:
+    """Bring the cache objects of `nodes` that this clone lacks from the DVC remote: the data
+    of the commit whose dvc.lock records the model (a clone that did not train it)."""
+    cache = dvc_cache_dir(repo)
+    if all(cache_object(cache, n.md5).is_file() for n in nodes):
+        return
+    if lineage.commit is None:
+        lineage.commit = find_commit(lineage.model.path, lineage.model.md5, repo)
+    if lineage.commit is None:
+        return
+    from workspaces.remote import RemoteError, ensure_remote, fetch_revision
+
+    remote = ensure_remote(repo)
+    if remote is None:
+        return
+    try:
+        fetch_revision(repo, lineage.commit, remote)
+    except RemoteError as exc:
+        raise NotFoundError(str(exc)) from None
+
+
 def verify(lineage: Lineage, repo: Path = Path()) -> bool:
     """Each hash of the chain must equal dvc.lock at the model's commit and the cached bytes."""
     lineage.commit = find_commit(lineage.model.path, lineage.model.md5, repo)
@@ -216,20 +237,10 @@ def verify(lineage: Lineage, repo: Path = Path()) -> bool:
         else {}
     )
     cache = dvc_cache_dir(repo)
-    fetched = False
+    fetch_missing(lineage, lineage.files(), repo)
     ok = lineage.commit is not None
     for node in lineage.files():
         obj = cache_object(cache, node.md5)
-        if not obj.is_file() and not fetched and lineage.commit:
-            # Not in the local cache: ask the DVC remote (if any) for that commit's data.
-            subprocess.run(
-                ["dvc", "fetch", "--rev", lineage.commit],
-                check=False,
-                cwd=repo,
-                capture_output=True,
-                text=True,
-            )
-            fetched = True
         node.checks = {
             "dvc_lock": lock.get(node.path),
             "lock_matches": lock.get(node.path) == node.md5,
@@ -254,6 +265,7 @@ def restore(
         nodes += [f for f in lineage.files() if f.producer and f.producer.stage == "features"]
     if dest.exists() and not dest.is_dir():
         raise FileExistsError(f"{dest}: exists and is not a directory")
+    fetch_missing(lineage, nodes, repo)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for node in nodes:

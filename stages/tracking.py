@@ -287,10 +287,21 @@ class StageRun:
 
         spec = self._model
         tags = {record.RUN_ID_TAG: self.run_id, **spec["tags"]}
-        self.model_version = mlflow.register_model(self._model_uri, spec["name"], tags=tags)
+        existing = record.same_model_version(self.client, spec["name"], tags)
+        if existing is not None:
+            # The same bytes from the same data (another clone, a forced rerun): one version.
+            self.model_version = existing
+            log.info(
+                "model identical to %s version %s (same model md5 and lineage): not registered "
+                "again",
+                spec["name"],
+                existing.version,
+            )
+        else:
+            self.model_version = mlflow.register_model(self._model_uri, spec["name"], tags=tags)
+            log.info("registered %s version %s", spec["name"], self.model_version.version)
         self.client.set_tag(self.run_id, record.MODEL_NAME_TAG, spec["name"])
         self.client.set_tag(self.run_id, record.MODEL_VERSION_TAG, self.model_version.version)
-        log.info("registered %s version %s", spec["name"], self.model_version.version)
 
     def _unregister(self) -> None:
         """Delete every version this run created, as the registry knows them."""

@@ -86,3 +86,12 @@ def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
     repo = scratch_project(tmp_path / "repo", os.environ)
     return repo
+
+
+@pytest.fixture(scope="module")
+def stack():
+    """The team services, real processes on free ports, for one test module (tests/stack.py)."""
+    from tests.stack import running_stack
+
+    with running_stack() as started:
+        yield started

@@ -12,25 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from services import seaweedfs
-from services.config import DVC_BUCKET, MLFLOW_BUCKET, PORTS, WORK_POOL, Config
-from services.credentials import Credentials, load_or_create
+from services.config import DVC_BUCKET, MLFLOW_BUCKET, WORK_POOL
+from tests.stack import Stack, _can_listen, _processes_under, _records, cli
 
 pytestmark = pytest.mark.slow
 
@@ -44,109 +39,9 @@ def timing(what: str, seconds: float) -> None:
     print(f"\nTIMING {what}: {seconds:.1f} s")
 
 
-def _can_listen(port: int) -> bool:
-    """Whether a server could listen on the port now (as servers do: SO_REUSEADDR)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_ports(count: int) -> list[int]:
-    """Free ports below the kernel's ephemeral range, which outgoing connections (the
-    services' own clients among them) would otherwise share with the servers."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random(os.getpid())
-    ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(20000, low)
-        if port not in ports and _can_listen(port):
-            ports.append(port)
-    return ports
-
-
-@dataclass
-class Stack:
-    root: Path
-    env: dict[str, str]
-    cfg: Config
-    creds: Credentials
-    up_output: str
-
-
-def cli(stack_env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services", *args],
-        cwd=ROOT,
-        env=stack_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def _records(root: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted((root / "pids").glob("*.json"))}
-
-
-def _processes_under(root: Path) -> list[str]:
-    """Live processes whose command line names the stack's folder."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if str(root) in cmd and state != "Z":
-            found.append(f"{entry.name}: {cmd[:150]}")
-    return found
-
-
-def _kill_leftovers(root: Path) -> None:
-    for record in _records(root).values():
-        try:
-            os.killpg(record["pid"], signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def _lines(output: str) -> dict[str, str]:
     """`  <service>  <what happened>` lines of up/down, as {service: what}."""
     return dict(line.split(None, 1) for line in output.splitlines() if line.startswith("  "))
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    # Not tmp_path: pytest's base folder is mode 0700 and the postgres user must pass through
-    # to its cluster. A short path also keeps the unix sockets under their length limit.
-    parent = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
-    parent.chmod(0o711)
-    root = parent / "s"
-    ports = free_ports(len(PORTS))
-    # nothing of a developer's sourced .services/env or own settings reaches the stack
-    clients = ("MLFLOW_", "PREFECT_", "AWS_", "TAXI_", "SERVICES_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(clients)}
-    env.update({name: str(port) for (name, _), port in zip(PORTS.values(), ports, strict=True)})
-    env.update(SERVICES_DIR=str(root), SERVICES_WORKER_PREFIX="test", SERVICES_START_TIMEOUT="240")
-    began = time.monotonic()
-    proc = cli(env, "up", timeout=600)
-    cold = time.monotonic() - began
-    try:
-        if proc.returncode != 0:
-            pytest.fail(f"services up exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-        timing("python -m services up (cold: initdb, migrations)", cold)
-        cfg = Config.from_env(env)
-        yield Stack(root, env, cfg, load_or_create(cfg.credentials_file), proc.stdout)
-    finally:
-        cli(env, "down", timeout=120)
-        _kill_leftovers(root)
-        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_up_twice_changes_nothing(stack: Stack) -> None:

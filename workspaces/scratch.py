@@ -18,6 +18,7 @@ PROJECT_FILES = (
     "flows",
     "lineage",
     "workspaces",
+    "services",
     "pyproject.toml",
     ".gitignore",
 )

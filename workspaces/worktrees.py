@@ -59,6 +59,10 @@ def worktree(
     with shared_git_state(repo, f"git worktree add {path}"):
         run(["git", "worktree", "add", "--detach", str(path), commit], repo)
     try:
+        # The repository's own local settings (its DVC remote and credentials) apply here too.
+        local_config = repo / ".dvc" / "config.local"
+        if local_config.is_file():
+            shutil.copyfile(local_config, path / ".dvc" / "config.local")
         run(["dvc", "cache", "dir", "--local", str(cache)], path)
         if checkout:
             run(["dvc", "checkout", "--allow-missing", "--quiet"], path)
