@@ -50,7 +50,13 @@ def _level(line: str) -> int:
     retry_condition_fn=worth_retrying,
 )
 def repro_stage(
-    stage: str, workspace: str, pipeline_run_id: str, timeout_seconds: float, unchanged: bool
+    stage: str,
+    workspace: str,
+    pipeline_run_id: str,
+    timeout_seconds: float,
+    unchanged: bool,
+    *,
+    experiment_name: str | None = None,
 ) -> Any:
     """`dvc repro --single-item <stage>`, its output streamed into the Prefect log.
 
@@ -63,6 +69,8 @@ def repro_stage(
         return Completed(name="Skipped", message=f"{stage}: unchanged (dvc status)", data=outcome)
     logger.info("%s: dvc repro --single-item", stage, extra=_event("start", {"stage": stage}))
     env = {**os.environ, PIPELINE_RUN_ENV: pipeline_run_id}
+    if experiment_name:  # the stage runs record it as under `dvc exp run` (dvc_exp_name)
+        env["DVC_EXP_NAME"] = experiment_name
     started = time.perf_counter()
     result = repro.run_command(
         ["dvc", "repro", "--single-item", stage],
@@ -174,6 +182,7 @@ def pipeline(
             if overrides:
                 experiments.apply_overrides(repo, overrides)
             stages = repro.plan_from_json(plan) if plan and not experiment else None
+            name = (experiment_name or f"flow-{flow_run.name}") if experiment else None
             ran: set[str] = set()
             for stage in stages or repro.stage_plan(repo):
                 unchanged = not stage.changed and not stage.upstream & ran
@@ -183,14 +192,14 @@ def pipeline(
                     run_id,
                     stage_timeout_seconds,
                     unchanged,
+                    experiment_name=name,
                     return_state=True,
                 )
                 outcome = state.result()  # a failed stage raises its own error here
                 outcomes.append(outcome)
                 if outcome["status"] == "ran":
                     ran.add(stage.name)
-            if experiment:
-                name = experiment_name or f"flow-{flow_run.name}"
+            if name:
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)
             if ran:

@@ -139,3 +139,67 @@ def test_a_stopped_tracking_server_fails_the_stage_fast_and_the_flow_retries(
     _, err = flow.communicate(timeout=600)
     assert flow.returncode == 0, err
     assert "attempt 2" in err or "attempt 3" in err or "attempt 4" in err, err
+
+
+def test_two_compares_at_once_run_on_the_two_workers(
+    stack: Stack, project: Path, small_tlc: Path
+) -> None:
+    """Two `flows.compare --pool` at once: their experiments run as deployment runs on the
+    pool's two workers, each in its own worktree, against the shared stores; each experiment
+    and model version is its own, and equal to a sequential `dvc exp run -S`."""
+    from services.config import WORK_POOL
+
+    env = client_env(stack) | {"TLC_SOURCE": str(small_tlc)}
+    env.pop("PREFECT_HOME", None)
+    run(["dvc", "repro"], project, env)
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "built"], project, env)
+    param_sets = ["model.type=lasso,model.alpha=0.01", "model.type=ridge,model.alpha=0.3"]
+    began = time.monotonic()
+    compares = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.compare", "--pool", WORK_POOL, "--set", params],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for params in param_sets
+    ]
+    outputs = [c.communicate(timeout=900)[0] for c in compares]
+    timing("two compares at once on the pool", time.monotonic() - began)
+    assert [c.returncode for c in compares] == [0, 0], outputs
+
+    client = _client(env)
+    trains = client.search_runs(
+        [client.get_experiment_by_name("taxi-trip-duration").experiment_id],
+        filter_string="tags.stage = 'train' and attributes.status = 'FINISHED'",
+    )
+    by_experiment = {r.data.tags.get("dvc_exp_name"): r for r in trains}
+    names = [n for n in by_experiment if n]
+    assert len(names) == 2, names
+    listed = run(["dvc", "exp", "list", "--name-only"], project, env).stdout.split()
+    assert sorted(names) == sorted(listed)
+    versions = {by_experiment[n].data.tags["model_version"] for n in names}
+    assert len(versions) == 2  # one version each, never mixed up
+    for name in names:
+        params = json.loads(
+            run(["dvc", "exp", "show", "--json"], project, env).stdout
+        )  # the experiment's own params, as DVC shows them
+        assert params
+        train = by_experiment[name]
+        alpha = float(train.data.params["model.alpha"])
+        version = client.get_model_version(MODEL, train.data.tags["model_version"])
+        assert version.run_id == train.info.run_id and version.tags["model_type"] in (
+            "lasso",
+            "ridge",
+        )
+        assert (alpha, version.tags["model_type"]) in ((0.01, "lasso"), (0.3, "ridge"))
+
+    # Sequentially, the lasso param set gives the same validation RMSE as on the pool.
+    lasso = next(n for n in names if float(by_experiment[n].data.params["model.alpha"]) == 0.01)
+    pool_rmse = by_experiment[lasso].data.metrics["validation.rmse"]
+    run(["dvc", "exp", "run", "-S", "model.type=lasso", "-S", "model.alpha=0.01"], project, env)
+    sequential = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert sequential["validation"]["rmse"] == pool_rmse

@@ -121,3 +121,32 @@ def _untracked(repo: Path, paths: list[str]) -> list[str]:
         check=True,
     )
     return proc.stdout.split()
+
+
+def experiment_ref(repo: Path, name: str) -> str:
+    """The git ref of DVC experiment `name` (refs/exps/<baseline>/<name>)."""
+    proc = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps/"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    refs = [ref for ref in proc.stdout.split() if ref.rsplit("/", 1)[-1] == name]
+    if len(refs) != 1:
+        raise ExperimentError(f"DVC experiment {name!r}: {len(refs)} refs in {repo}")
+    return refs[0]
+
+
+def experiment_file(repo: Path, name: str, path: str) -> str:
+    """A git-tracked file (metrics, params) as experiment `name` saved it."""
+    proc = subprocess.run(
+        ["git", "show", f"{experiment_ref(repo, name)}:{path}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ExperimentError(f"DVC experiment {name!r} holds no {path}: {proc.stderr.strip()}")
+    return proc.stdout
