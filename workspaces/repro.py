@@ -26,6 +26,8 @@ LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy")
 SKIPPED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
 # After SIGINT, the stage gets this long to stop before SIGKILL.
 KILL_GRACE_SECONDS = 10.0
+# Leads each command's process group; stops it if this process dies (workspaces/guard.py).
+GUARD = Path(__file__).with_name("guard.py")
 
 
 class StageError(RuntimeError):
@@ -143,9 +145,10 @@ def run_command(
     On timeout, and when the caller is interrupted (Ctrl-C, SIGTERM), the whole group gets
     SIGINT, then SIGKILL, before this returns or raises: killing dvc alone would leave the
     stage command running beside a retry, or finishing after its caller restored params.yaml.
+    The group is led by workspaces/guard.py, which does the same if this process dies.
     """
     proc = subprocess.Popen(
-        cmd,
+        [sys.executable, str(GUARD), *cmd],
         cwd=cwd,
         env=dict(env),
         stdout=subprocess.PIPE,
