@@ -147,6 +147,40 @@ def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
 FLOW_COMMAND = [sys.executable, "-m", "flows.pipeline"]
 
 
+def server_record(workdir: Path, tlc_source: Path) -> dict[str, Any]:
+    """The stages' `mlflow_seconds` against the team MLflow server (PostgreSQL + S3 through
+    `python -m services up`, on free ports in `workdir`), next to dvc_overhead's SQLite."""
+    from services.config import PORTS, Config, free_ports
+    from services.credentials import load_or_create
+    from services.envfile import client_environment
+
+    env = project_env(workdir, tlc_source)
+    clients = ("MLFLOW_", "PREFECT_", "AWS_", "TAXI_", "SERVICES_")
+    stack_env = {k: v for k, v in env.items() if not k.startswith(clients)}
+    ports = free_ports(len(PORTS))
+    stack_env |= {name: str(port) for (name, _), port in zip(PORTS.values(), ports, strict=True)}
+    stack_env |= {"SERVICES_DIR": str(workdir / "stack"), "SERVICES_WORKERS": "0"}
+    up_seconds, _ = timed([sys.executable, "-m", "services", "up"], ROOT, stack_env)
+    try:
+        cfg = Config.from_env(stack_env)
+        server_env = {**env, **client_environment(cfg, load_or_create(cfg.credentials_file))}
+        server_env.pop("PREFECT_API_URL")
+        repo = scratch_project(workdir / "project-server", server_env)
+        full, _ = timed(["dvc", "repro"], repo, server_env)
+        record = mlflow_seconds(server_env["MLFLOW_TRACKING_URI"])
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "services", "down"],
+            cwd=ROOT,
+            env=stack_env,
+            capture_output=True,
+            check=False,
+        )
+    return {"services_up_seconds": round(up_seconds, 3), "full_seconds": round(full, 3)} | {
+        "mlflow": record
+    }
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -412,6 +412,17 @@ def overhead_markdown(extra: dict[str, Any]) -> list[str]:
     if "prefect" in extra:
         pf = extra["prefect"]
         md.append("- Prefect flow: " + "; ".join(f"{k}: {v}" for k, v in pf.items()))
+    if "server" in extra and "mlflow" in extra["server"]:
+        sv, ml = extra["server"], extra["server"]["mlflow"]
+        per = ", ".join(f"{k} {v}" for k, v in ml["per_stage_seconds"].items())
+        md.append(
+            f"- The same against the team MLflow server (PostgreSQL + S3, `python -m services "
+            f"up` in {sv['services_up_seconds']} s): `dvc repro` from nothing "
+            f"{sv['full_seconds']} s; `mlflow_seconds` {ml['total_seconds']} s over "
+            f"{ml['stage_runs']} stage runs ({per})"
+        )
+    elif "server" in extra:
+        md.append(f"- Against the team MLflow server: not measured: {extra['server']}")
     return md
 
 

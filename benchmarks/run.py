@@ -164,6 +164,7 @@ def overheads(kind: str, workdir: Path, source: Path) -> dict[str, Any]:
         "prefect": lambda: overhead.prefect_overhead(
             workdir / "orchestration", source, result["dvc"]["noop_best_seconds"]
         ),
+        "server": lambda: overhead.server_record(workdir / "team", source),
     }
     wanted = {"none": [], "imports": ["imports"], "all": list(parts)}[kind]
     for name in wanted:

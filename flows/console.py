@@ -149,7 +149,9 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
         lines.append(f"experiment: {result['experiment']} (dvc exp show)")
     pushed = result.get("pushed") or {}
     if pushed.get("status") == "pushed":
-        lines.append(f"data pushed to DVC remote {pushed['remote']}")
+        attempts = pushed.get("attempts", 1)
+        again = f" (attempt {attempts})" if attempts > 1 else ""
+        lines.append(f"data pushed to DVC remote {pushed['remote']}{again}")
     metrics = {m["split"]: m for m in result.get("metrics") or []}
     record = result.get("mlflow") or {}
     model = record.get("model_version")

@@ -135,7 +135,8 @@ def push_outputs(workspace: str, timeout_seconds: float) -> dict[str, Any]:
         raise repro.TransientStageFailure(f"dvc push to {remote} failed:\n{tail}")
     seconds = round(time.perf_counter() - started, 2)
     logger.info("pushed to DVC remote %s in %.1f s", remote, seconds)
-    return {"remote": remote, "status": "pushed", "seconds": seconds}
+    attempts = task_run.run_count
+    return {"remote": remote, "status": "pushed", "seconds": seconds, "attempts": attempts}
 
 
 def remote_of(workspace: Path) -> str | None:

@@ -9,6 +9,7 @@ S3 8333 and its 9333/8080/8888 internals) so a developer's own services keep the
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,3 +148,27 @@ class Config:
             return str(path.relative_to(Path.cwd()))
         except ValueError:
             return str(path)
+
+
+def can_listen(port: int) -> bool:
+    """Whether a server could listen on the port now (as servers do: SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Free ports below the kernel's ephemeral range, which outgoing connections (the
+    services' own clients among them) would otherwise share with the servers."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random(os.getpid())
+    ports: list[int] = []
+    while len(ports) < count:
+        port = rng.randrange(20000, low)
+        if port not in ports and can_listen(port):
+            ports.append(port)
+    return ports

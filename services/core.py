@@ -97,7 +97,10 @@ def up(cfg: Config) -> Outcome:
                 "mlflow": lambda: mlflow_server.start(cfg, creds),
                 "prefect": lambda: prefect_server.start_server(cfg, creds),
             },
-            {"work-pool": lambda: prefect_server.ensure_pool(cfg)},
+            {
+                "work-pool": lambda: prefect_server.ensure_pool(cfg),
+                "automation": lambda: prefect_server.ensure_zombie_automation(cfg),
+            },
             {"workers": lambda: prefect_server.start_workers(cfg, creds)},
         ]
         for stage in stages:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services import postgres
+from services import postgres, zombies
 from services.config import HOST, PROJECT_ROOT, WORK_POOL, Config
 from services.credentials import Credentials
 from services.envfile import client_environment
@@ -127,6 +127,28 @@ def ensure_pool(cfg: Config) -> str:
     return "created"
 
 
+def ensure_zombie_automation(cfg: Config) -> str:
+    """The automation that marks flow runs whose process died Crashed (services.zombies)."""
+    env = {**_base_env(cfg), "PREFECT_API_URL": cfg.prefect_api_url}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.zombies"],
+            check=False,
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ServiceError("Prefect automation", "creating it took over 120 s") from None
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines() or ["(no output)"]
+        raise ServiceError("Prefect automation", f"{zombies.AUTOMATION}: {lines[-1]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
 def worker_key(index: int) -> str:
     return f"worker-{index}"
 
@@ -162,6 +184,8 @@ def start_workers(cfg: Config, creds: Credentials) -> dict[str, str]:
         **_base_env(cfg),
         **client_environment(cfg, creds),
         "PREFECT_WORKER_QUERY_SECONDS": str(cfg.worker_poll_seconds),
+        # flow runs emit heartbeats, so a run whose process dies is marked Crashed
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(zombies.HEARTBEAT_SECONDS),
         # flow runs use this project's environment (dvc, python) even without `uv run`
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }

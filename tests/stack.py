@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.config import PORTS, Config
+from services.config import PORTS, Config, free_ports
 from services.credentials import Credentials, load_or_create
 from services.envfile import client_environment
 
@@ -29,30 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def timing(what: str, seconds: float) -> None:
     print(f"\nTIMING {what}: {seconds:.1f} s")
-
-
-def _can_listen(port: int) -> bool:
-    """Whether a server could listen on the port now (as servers do: SO_REUSEADDR)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_ports(count: int) -> list[int]:
-    """Free ports below the kernel's ephemeral range, which outgoing connections (the
-    services' own clients among them) would otherwise share with the servers."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random(os.getpid())
-    ports: list[int] = []
-    while len(ports) < count:
-        port = rng.randrange(20000, low)
-        if port not in ports and _can_listen(port):
-            ports.append(port)
-    return ports
 
 
 @dataclass

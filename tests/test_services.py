@@ -25,7 +25,8 @@ import pytest
 
 from services import seaweedfs
 from services.config import DVC_BUCKET, MLFLOW_BUCKET, WORK_POOL
-from tests.stack import Stack, _can_listen, _processes_under, _records, cli
+from services.config import can_listen as _can_listen
+from tests.stack import Stack, _processes_under, _records, cli
 
 pytestmark = pytest.mark.slow
 

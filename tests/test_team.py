@@ -203,3 +203,146 @@ def test_two_compares_at_once_run_on_the_two_workers(
     run(["dvc", "exp", "run", "-S", "model.type=lasso", "-S", "model.alpha=0.01"], project, env)
     sequential = json.loads((project / "metrics" / "evaluate.json").read_text())
     assert sequential["validation"]["rmse"] == pool_rmse
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[1]), cmd)
+    return found
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def test_s3_stopped_before_the_push_then_back(
+    stack: Stack, project: Path, small_tlc: Path, tmp_path: Path
+) -> None:
+    """SeaweedFS killed as the flow starts its push: the push task fails, is retried, and
+    succeeds once S3 is back; a fresh clone then pulls every output with its md5 (nothing
+    half-written in the remote)."""
+    import threading
+
+    from tests.stack import cli
+
+    env = client_env(stack) | {"TLC_SOURCE": str(small_tlc)}
+    env.pop("PREFECT_HOME", None)
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "flows.pipeline"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen = []
+    for line in flow.stderr:
+        seen.append(line)
+        if "✓ evaluate" in line:  # the push starts now: S3 crashes under it
+            record = json.loads((stack.root / "pids" / "seaweedfs.json").read_text())
+            os.killpg(record["pid"], 9)
+            threading.Timer(8, lambda: cli(stack.env, "up", timeout=300)).start()
+            break
+    rest = flow.communicate(timeout=600)[1]
+    output = "".join(seen) + rest
+    assert flow.returncode == 0, output
+    assert "data pushed to DVC remote team (attempt " in output, output  # retried
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "pushed after S3 came back"], project, env)
+    clone = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path, env)
+    run([sys.executable, "-m", "services", "dvc-remote", "--repo", str(clone)], clone, env)
+    run(["dvc", "pull"], clone, env)
+    for path, md5 in locked_outputs(read_lock(project / "dvc.lock")).items():
+        assert hashlib.md5((clone / path).read_bytes()).hexdigest() == md5, path
+
+
+def test_a_worker_killed_mid_stage(stack: Stack, project: Path, small_tlc: Path) -> None:
+    """The pipeline as a deployment run on the pool; its worker and flow-run process are
+    killed while train runs: the stage stops with them (no orphan, nothing written, dvc.lock
+    as it was), Prefect marks the run Crashed, and a new run completes."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from services.config import WORK_POOL
+    from tests.stack import cli
+
+    env = client_env(stack) | {"TLC_SOURCE": str(small_tlc)}
+    env.pop("PREFECT_HOME", None)
+    run(["dvc", "repro"], project, env)
+    params = (project / "params.yaml").read_text().replace("alpha: 1.0", "alpha: 0.4")
+    (project / "params.yaml").write_text(params)
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "alpha 0.4"], project, env)
+    lock_before = (project / "dvc.lock").read_bytes()
+    deploy = run([sys.executable, "-c", DEPLOY_PIPELINE, str(project), WORK_POOL], project, env)
+    deployment = deploy.stdout.strip().splitlines()[-1]
+    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+    try:
+        flow_run = run_deployment(deployment, parameters={"workspace": str(project)}, timeout=0)
+
+        def train_chain() -> list[int] | None:
+            procs = _processes()
+            train = [p for p, (_, cmd) in procs.items() if "stages.train" in cmd]
+            if not train:
+                return None
+            chain, pid = [], train[0]
+            while pid in procs and pid > 1:
+                chain.append(pid)
+                pid = procs[pid][0]
+            return chain
+
+        chain = _wait(train_chain, 300, "train to start under a worker")
+        procs = _processes()
+        worker = next(p for p in chain if "prefect worker start" in procs[p][1])
+        engine = chain[chain.index(worker) - 1]  # the flow run's process, a child of the worker
+        time.sleep(1)
+        os.kill(engine, 9)
+        os.kill(worker, 9)
+        _wait(
+            lambda: not any(p in _processes() for p in chain[: chain.index(engine)]),
+            30,
+            "the stage, dvc and the guard to stop",
+        )
+        assert (project / "dvc.lock").read_bytes() == lock_before
+        strays = [p for p in (project / "models").rglob("*") if p.name.endswith(".tmp")]
+        assert strays == []
+
+        def state() -> str:
+            with get_client(sync_client=True) as client:
+                return client.read_flow_run(flow_run.id).state.type.value
+
+        from services.zombies import zombie_seconds
+
+        _wait(lambda: state() == "CRASHED", zombie_seconds() + 90, "Prefect to mark it Crashed")
+        assert cli(stack.env, "up", timeout=300).returncode == 0  # the killed worker again
+        again = run_deployment(deployment, parameters={"workspace": str(project)}, timeout=600)
+        assert again.state.is_completed(), again.state
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+    assert "up to date" in run(["dvc", "status"], project, env).stdout
+
+
+DEPLOY_PIPELINE = """
+import sys
+from flows.pipeline_flow import pipeline
+repo, pool = sys.argv[1], sys.argv[2]
+source = pipeline.from_source(source=repo, entrypoint="flows/pipeline_flow.py:pipeline")
+deployment = source.deploy(name="team", work_pool_name=pool, print_next_steps=False)
+print("taxi-pipeline/team")
+"""
