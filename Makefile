@@ -21,7 +21,7 @@ pipeline: env ## run the whole pipeline on the real data (dvc repro: only what c
 	$(UV) run --frozen python -m flows.pipeline
 
 test: env ## run every test, the slow end-to-end ones included
-	$(UV) run --frozen pytest -m "slow or not slow"
+	$(UV) run --frozen pytest -m "slow or not slow" --durations=25
 
 test-fast: env ## run the unit tests only
 	$(UV) run --frozen pytest

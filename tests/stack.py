@@ -90,6 +90,8 @@ def running_stack() -> Iterator[Stack]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(clients)}
     env.update({name: str(port) for (name, _), port in zip(PORTS.values(), ports, strict=True)})
     env.update(SERVICES_DIR=str(root), SERVICES_WORKER_PREFIX="test", SERVICES_START_TIMEOUT="240")
+    # A run whose process died is marked Crashed after 45 s without a heartbeat (default 90).
+    env.update(SERVICES_ZOMBIE_SECONDS="45")
     began = time.monotonic()
     proc = cli(env, "up", timeout=600)
     cold = time.monotonic() - began

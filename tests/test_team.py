@@ -222,6 +222,18 @@ def _processes() -> dict[int, tuple[int, str]]:
     return found
 
 
+def _under_worker(procs: dict[int, tuple[int, str]], pid: int, stack: Stack) -> bool:
+    """Whether `pid` descends from a worker of this test's stack (not another test's)."""
+    workers = {
+        json.loads(p.read_text())["pid"] for p in (stack.root / "pids").glob("worker-*.json")
+    }
+    while pid in procs and pid > 1:
+        if pid in workers:
+            return True
+        pid = procs[pid][0]
+    return False
+
+
 def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
@@ -292,13 +304,18 @@ def test_a_worker_killed_mid_stage(stack: Stack, project: Path, small_tlc: Path)
     lock_before = (project / "dvc.lock").read_bytes()
     deploy = run([sys.executable, "-c", DEPLOY_PIPELINE, str(project), WORK_POOL], project, env)
     deployment = deploy.stdout.strip().splitlines()[-1]
-    os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-    try:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         flow_run = run_deployment(deployment, parameters={"workspace": str(project)}, timeout=0)
 
         def train_chain() -> list[int] | None:
             procs = _processes()
-            train = [p for p, (_, cmd) in procs.items() if "stages.train" in cmd]
+            train = [
+                p
+                for p, (_, cmd) in procs.items()
+                if "stages.train" in cmd and _under_worker(procs, p, stack)
+            ]
             if not train:
                 return None
             chain, pid = [], train[0]
@@ -333,8 +350,6 @@ def test_a_worker_killed_mid_stage(stack: Stack, project: Path, small_tlc: Path)
         assert cli(stack.env, "up", timeout=300).returncode == 0  # the killed worker again
         again = run_deployment(deployment, parameters={"workspace": str(project)}, timeout=600)
         assert again.state.is_completed(), again.state
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
     assert "up to date" in run(["dvc", "status"], project, env).stdout
 
 
