@@ -148,10 +148,13 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
     if result.get("experiment"):
         lines.append(f"experiment: {result['experiment']} (dvc exp show)")
     pushed = result.get("pushed") or {}
-    if pushed.get("status") == "pushed":
+    if pushed.get("status") in ("pushed", "up to date"):
         attempts = pushed.get("attempts", 1)
         again = f" (attempt {attempts})" if attempts > 1 else ""
-        lines.append(f"data pushed to DVC remote {pushed['remote']}{again}")
+        if pushed["status"] == "pushed":
+            lines.append(f"data pushed to DVC remote {pushed['remote']}{again}")
+        else:
+            lines.append(f"DVC remote {pushed['remote']} already up to date{again}")
     metrics = {m["split"]: m for m in result.get("metrics") or []}
     record = result.get("mlflow") or {}
     model = record.get("model_version")
