@@ -71,6 +71,19 @@ def run(
     return proc
 
 
+def project_env(small_tlc: Path, repo: Path) -> dict[str, str]:
+    """What commands in a test project see: the sampled mirror, a SQLite store inside the
+    repository, a committer."""
+    return {
+        "TLC_SOURCE": str(small_tlc),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+    }
+
+
 @pytest.fixture
 def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh git + DVC repository holding this project's pipeline, reading `small_tlc`.
@@ -78,13 +91,54 @@ def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) ->
     Commands run in it use this environment's python and dvc; TLC_SOURCE points at the
     sampled mirror and MLflow at a SQLite store inside the repository.
     """
-    monkeypatch.setenv("TLC_SOURCE", str(small_tlc))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'repo' / 'mlflow.db'}")
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "test")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.invalid")
-    monkeypatch.setenv("GIT_COMMITTER_NAME", "test")
-    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.invalid")
-    repo = scratch_project(tmp_path / "repo", os.environ)
+    for name, value in project_env(small_tlc, tmp_path / "repo").items():
+        monkeypatch.setenv(name, value)
+    return scratch_project(tmp_path / "repo", os.environ)
+
+
+@pytest.fixture(scope="session")
+def built_template(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One `dvc repro` of a scratch project per session, committed: (where it was built, a
+    copy of it kept aside)."""
+    base = tmp_path_factory.mktemp("built")
+    repo, template = base / "repo", base / "template"
+    env = os.environ | project_env(small_tlc, repo)
+    scratch_project(repo, env)
+    run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "pipeline outputs"], repo, env)
+    shutil.copytree(repo, template, symlinks=True)
+    return repo, template
+
+
+def forget_sqlite_engines(db: Path) -> None:
+    """Close this process's MLflow engines on `db`: MLflow keeps one per URI for the life of
+    the process (its stores' `_engine_map`, private), and an engine opened on an earlier copy
+    would go on reading that copy's deleted file."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    for store in (TrackingStore, RegistryStore):
+        for uri in [u for u in store._engine_map if u.endswith(str(db))]:
+            store._engine_map.pop(uri).dispose()
+
+
+@pytest.fixture
+def built(
+    built_template: tuple[Path, Path], small_tlc: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A project after `dvc repro` and a commit of its outputs, as `project` is before.
+
+    Each test gets a byte-for-byte copy of the session's one build, at the path it was built
+    at: MLflow's store holds absolute paths (artifact locations), which stay true.
+    """
+    repo, template = built_template
+    for name, value in project_env(small_tlc, repo).items():
+        monkeypatch.setenv(name, value)
+    forget_sqlite_engines(repo / "mlflow.db")
+    if repo.exists():
+        shutil.rmtree(repo)
+    shutil.copytree(template, repo, symlinks=True)
     return repo
 
 

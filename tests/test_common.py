@@ -52,7 +52,9 @@ def test_unknown_model_type_names_model_type():
     assert "model.type" in message and "random_forest" in message
 
 
-@pytest.mark.parametrize("month", ["2025-13", "2025-1", "2025-00", "25-01", "2025/01"])
+@pytest.mark.parametrize(
+    "month", ["2025-13", "2025-1", "2025-00", "25-01", "2025/01", "../etc/passwdx"]
+)
 def test_malformed_month_key_names_the_month(month):
     raw = section("data")
     raw["months"] = {month: "train", "2025-02": "validation", "2025-03": "test"}

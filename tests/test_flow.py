@@ -332,8 +332,9 @@ def test_deployment_parameters_never_reach_a_shell(
 
 
 @pytest.mark.slow
-def test_experiment_mode_equals_dvc_exp_run(project: Path, tmp_path: Path) -> None:
+def test_experiment_mode_equals_dvc_exp_run(built: Path, tmp_path: Path) -> None:
     """The README's command line, in Prefect's ephemeral mode (no server, no harness)."""
+    project = built
     twin = tmp_path / "twin"
     shutil.copytree(project, twin, symlinks=True)
     env = {
@@ -366,10 +367,10 @@ def test_experiment_mode_equals_dvc_exp_run(project: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_compare_models_table_has_one_row_per_param_set(
-    project: Path, prefect_harness: None
-) -> None:
+def test_compare_models_table_has_one_row_per_param_set(built: Path, prefect_harness: None) -> None:
     from flows.compare import compare_models
+
+    project = built
 
     param_sets = [
         {"model.type": "ridge", "model.alpha": 1.0},
@@ -427,12 +428,10 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.mark.slow
-def test_interrupts_and_a_second_run_never_leave_wrong_data(project: Path, tmp_path: Path) -> None:
+def test_interrupts_and_a_second_run_never_leave_wrong_data(built: Path, tmp_path: Path) -> None:
     """The command line, ephemeral Prefect: Ctrl-C and SIGTERM during train, and two runs at
     once in one workspace."""
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "built"], project)
+    project = built
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect-home"),

@@ -66,14 +66,10 @@ def commit(repo: Path, message: str) -> None:
     run(["git", "commit", "-qm", message], repo)
 
 
-@pytest.fixture
-def built(project: Path) -> Path:
+def test_repro_builds_everything_with_source_hashes(project: Path, small_tlc: Path):
     dvc(project, "repro")
     commit(project, "pipeline outputs")
-    return project
-
-
-def test_repro_builds_everything_with_source_hashes(built: Path, small_tlc: Path):
+    built = project
     for path in OUTPUTS:
         assert (built / path).is_file(), path
     # The raw files are the mirror's bytes: dvc.lock's md5 is the source file's md5.

@@ -84,12 +84,6 @@ def strays(repo: Path) -> list[str]:
     ]
 
 
-@pytest.fixture
-def built(project: Path) -> Path:
-    dvc(project, "repro")
-    return project
-
-
 def test_faults_around_the_record_leave_files_registry_and_lock_in_step(built: Path):
     repo = built
     assert_registry_agrees_with_files(repo)
@@ -157,22 +151,19 @@ def test_a_kill_during_prepare_leaves_nothing_in_the_features_input(project: Pat
 
 
 def test_a_fresh_store_from_parallel_worktrees_and_a_temporary_workspace(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """No MLFLOW_TRACKING_URI: the default store at the project root, created by whichever
     stage comes first, from four worktrees at once and from `dvc exp run --temp`."""
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    repo = project
-    dvc(repo, "repro")
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "built"], repo)
+    repo = built
     (repo / "mlflow.db").unlink()
     shutil.rmtree(repo / "mlruns", ignore_errors=True)
     trees = []
     for i in range(4):
-        tree = repo.parent / f"tree{i}"
+        tree = tmp_path / f"tree{i}"
         run(["git", "worktree", "add", "-q", "--detach", str(tree), "HEAD"], repo)
         dvc(tree, "cache", "dir", "--local", str(repo / ".dvc" / "cache"))
         dvc(tree, "checkout", "-q")
@@ -187,7 +178,7 @@ def test_a_fresh_store_from_parallel_worktrees_and_a_temporary_workspace(
     assert not (repo / "mlruns").exists() or all(
         "_alembic_tmp" not in e for e in errors
     )  # no migration race
-    assert len(versions(repo)) == 4
+    assert len(versions(repo)) == 4, errors
 
     dvc(repo, "exp", "run", "--temp", "-S", "model.alpha=0.7")
     client = client_of(repo)
