@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -97,48 +98,47 @@ def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.fixture(scope="session")
-def built_template(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One `dvc repro` of a scratch project per session, committed: (where it was built, a
-    copy of it kept aside)."""
-    base = tmp_path_factory.mktemp("built")
-    repo, template = base / "repo", base / "template"
+def built_template(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `dvc repro` of a scratch project per session, its outputs committed."""
+    repo = tmp_path_factory.mktemp("built") / "repo"
     env = os.environ | project_env(small_tlc, repo)
     scratch_project(repo, env)
     run(["dvc", "repro"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "pipeline outputs"], repo, env)
-    shutil.copytree(repo, template, symlinks=True)
-    return repo, template
+    return repo
 
 
-def forget_sqlite_engines(db: Path) -> None:
-    """Close this process's MLflow engines on `db`: MLflow keeps one per URI for the life of
-    the process (its stores' `_engine_map`, private), and an engine opened on an earlier copy
-    would go on reading that copy's deleted file."""
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+def relocate_store(db: Path, old_root: Path, new_root: Path) -> None:
+    """Point a copied project's MLflow store at the copy: every text value naming `old_root`
+    (artifact locations of the experiment, runs and models) names `new_root` instead."""
+    import sqlite3
 
-    for store in (TrackingStore, RegistryStore):
-        for uri in [u for u in store._engine_map if u.endswith(str(db))]:
-            store._engine_map.pop(uri).dispose()
+    old, new = str(old_root), str(new_root)
+    with contextlib.closing(sqlite3.connect(db)) as store, store:
+        tables = [r[0] for r in store.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in store.execute(f'PRAGMA table_info("{table}")').fetchall():
+                name, kind = column[1], (column[2] or "").upper()
+                if "CHAR" in kind or "TEXT" in kind:
+                    store.execute(
+                        f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) '
+                        f'WHERE instr("{name}", ?) > 0',
+                        (old, new, old),
+                    )
 
 
 @pytest.fixture
 def built(
-    built_template: tuple[Path, Path], small_tlc: Path, monkeypatch: pytest.MonkeyPatch
+    built_template: Path, small_tlc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """A project after `dvc repro` and a commit of its outputs, as `project` is before.
-
-    Each test gets a byte-for-byte copy of the session's one build, at the path it was built
-    at: MLflow's store holds absolute paths (artifact locations), which stay true.
-    """
-    repo, template = built_template
+    """A project after `dvc repro` and a commit of its outputs (`project`, built): a copy of
+    the session's one build, its MLflow store pointed at the copy."""
+    repo = tmp_path / "repo"
+    shutil.copytree(built_template, repo, symlinks=True)
+    relocate_store(repo / "mlflow.db", built_template, repo)
     for name, value in project_env(small_tlc, repo).items():
         monkeypatch.setenv(name, value)
-    forget_sqlite_engines(repo / "mlflow.db")
-    if repo.exists():
-        shutil.rmtree(repo)
-    shutil.copytree(template, repo, symlinks=True)
     return repo
 
 

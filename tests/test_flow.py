@@ -86,8 +86,12 @@ def final_states(flow_run_id: str, wait_seconds: float = 15) -> dict[str, str]:
     shortly after the flow returns)."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        states = {name: run.state.name for name, run in task_runs(flow_run_id).items()}
-        settled = len(states) == len(STAGES) and "Running" not in states.values()
+        states = {
+            name: run.state.name if run.state else "(no state yet)"
+            for name, run in task_runs(flow_run_id).items()
+        }
+        pending = {"Running", "(no state yet)"} & set(states.values())
+        settled = len(states) == len(STAGES) and not pending
         if settled or time.monotonic() > deadline:
             return states
         time.sleep(0.2)
