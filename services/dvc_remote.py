@@ -8,15 +8,14 @@ the credentials. The same as
     dvc remote modify --local team access_key_id ...
     dvc remote modify --local team secret_access_key ...
 
-run through DVC's own command line in this process, so the secret never appears in a
-process's arguments. The values come from the environment when `.services/env` was sourced
+written through DVC's config API in this process (validated by DVC's schema), so the secret
+never appears in a process's arguments and is never parsed as an option (a generated key may
+start with "-"). The values come from the environment when `.services/env` was sourced
 (a clone on another machine, given that file), else from this project's running stack.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,6 @@ READ_TIMEOUT = 60
 
 class DvcRemoteError(RuntimeError):
     """DVC refused a configuration command; the message is its last line."""
-
-
-def _dvc(repo: Path, *args: str) -> None:
-    from dvc.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(["--cd", str(repo), *args])
-    if status != 0:
-        lines = (err.getvalue() or out.getvalue()).strip().splitlines() or ["(no output)"]
-        raise DvcRemoteError(f"dvc {args[0]} {args[1]} failed in {repo}: {lines[-1]}")
 
 
 @dataclass(frozen=True)
@@ -79,15 +67,24 @@ def configure(repo: Path, remote: RemoteSettings) -> str:
     repo = repo.resolve()
     if not (repo / ".dvc").is_dir():
         raise DvcRemoteError(f"{repo} is not a DVC repository (no .dvc folder)")
-    _dvc(repo, "remote", "add", "--local", "-d", "-f", REMOTE, remote.url)
     settings = {
+        "url": remote.url,
         "endpointurl": remote.endpoint,
         "region": remote.region,
-        "connect_timeout": str(CONNECT_TIMEOUT),
-        "read_timeout": str(READ_TIMEOUT),
+        "connect_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
         "access_key_id": remote.access_key,
         "secret_access_key": remote.secret_key,
     }
-    for option, value in settings.items():
-        _dvc(repo, "remote", "modify", "--local", REMOTE, option, value)
+    # DVC's config API, not its command line: a value such as a key starting with "-" is
+    # data here, never an option, and DVC validates the section as `dvc remote modify` does.
+    from dvc.config import Config as DvcConfig
+    from dvc.config import ConfigError
+
+    try:
+        with DvcConfig(dvc_dir=str(repo / ".dvc")).edit("local") as local:
+            local["remote"][REMOTE] = settings
+            local["core"]["remote"] = REMOTE
+    except ConfigError as exc:
+        raise DvcRemoteError(f"DVC refused remote {REMOTE} in {repo}: {exc}") from None
     return f"{REMOTE} -> {remote.url} at {remote.endpoint} (in {repo}/.dvc/config.local)"

@@ -185,3 +185,18 @@ def test_dvc_remote_from_a_sourced_env_file_goes_to_the_local_config(tmp_path: P
         [dvc, "remote", "list"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
     assert shown.split() == ["team", "s3://taxi-dvc/dvc", "(default)"]
+
+
+def test_a_secret_that_starts_with_a_dash_is_a_value(tmp_path: Path) -> None:
+    """Generated keys are URL-safe base64: about one in 32 starts with "-" (once seen in CI,
+    when the remote was written through DVC's command line, which took it for an option)."""
+    from services.dvc_remote import RemoteSettings, configure
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"],
+                   cwd=repo, check=True)  # fmt: skip
+    secret = "-TC-fQfePBp4zqk6MzmXACW9GaIc9Exe4aHfHjkO"
+    configure(repo, RemoteSettings("s3://taxi-dvc/dvc", "http://127.0.0.1:1", "TAXIKEY", secret))
+    local = (repo / ".dvc" / "config.local").read_text()
+    assert f"secret_access_key = {secret}" in local and "remote = team" in local
