@@ -22,6 +22,11 @@ QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
 STAGE_EVENT = "pipeline_stage"  # the `extra` key of the stage task's start/end log records
+# What the summary says of the flow's `dvc push` (flows.pipeline_flow.push_outputs), by status.
+PUSH_PHRASES = {
+    "pushed": "data pushed to DVC remote {remote}",
+    "up to date": "DVC remote {remote} already up to date",
+}
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TRANSIENT = 1, 65, 75
 
 
@@ -148,13 +153,11 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
     if result.get("experiment"):
         lines.append(f"experiment: {result['experiment']} (dvc exp show)")
     pushed = result.get("pushed") or {}
-    if pushed.get("status") in ("pushed", "up to date"):
+    said = PUSH_PHRASES.get(pushed.get("status", ""))
+    if said:
         attempts = pushed.get("attempts", 1)
         again = f" (attempt {attempts})" if attempts > 1 else ""
-        if pushed["status"] == "pushed":
-            lines.append(f"data pushed to DVC remote {pushed['remote']}{again}")
-        else:
-            lines.append(f"DVC remote {pushed['remote']} already up to date{again}")
+        lines.append(said.format(remote=pushed["remote"]) + again)
     metrics = {m["split"]: m for m in result.get("metrics") or []}
     record = result.get("mlflow") or {}
     model = record.get("model_version")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from lineage.record import PIPELINE_RUN_ENV
 from stages.common import BAD_INPUT_PREFIX, IO_PREFIX, TRANSIENT_PREFIX
 from workspaces import experiments, repro
 from workspaces.locks import workspace_lock
+from workspaces.remote import ensure_remote, team_remote_in
 
 RETRIES = 3
 RETRY_DELAY_SECONDS = 2.0
@@ -119,7 +119,7 @@ def push_outputs(workspace: str, timeout_seconds: float) -> dict[str, Any]:
     push leaves nothing half-written that a later pull would take for data.
     """
     logger = get_run_logger()
-    remote = remote_of(Path(workspace))
+    remote = ensure_remote(Path(workspace))
     if remote is None:
         logger.info("no DVC remote: nothing pushed")
         return {"remote": None, "status": "skipped"}
@@ -140,19 +140,6 @@ def push_outputs(workspace: str, timeout_seconds: float) -> dict[str, Any]:
     # DVC's words when the remote already holds every object of the workspace
     status = "up to date" if any("up to date" in line for line in result.lines) else "pushed"
     return {"remote": remote, "status": status, "seconds": seconds, "attempts": attempts}
-
-
-def team_remote_in(environ: Mapping[str, str]) -> bool:
-    """Whether the environment names the team's DVC remote (`source .services/env`)."""
-    from services.dvc_remote import RemoteSettings
-
-    return RemoteSettings.from_env(environ) is not None
-
-
-def remote_of(workspace: Path) -> str | None:
-    from workspaces.remote import ensure_remote
-
-    return ensure_remote(workspace)
 
 
 @flow(name="taxi-pipeline")

@@ -30,7 +30,7 @@ READ_TIMEOUT = 60
 
 
 class DvcRemoteError(RuntimeError):
-    """DVC refused a configuration command; the message is its last line."""
+    """The folder is no DVC repository, or DVC refused the remote's settings."""
 
 
 @dataclass(frozen=True)

@@ -159,11 +159,19 @@ def test_cli_on_a_folder_never_started(tmp_path: Path) -> None:
     assert remote.returncode == 1 and "run `make services` first" in remote.stderr
 
 
-def test_dvc_remote_from_a_sourced_env_file_goes_to_the_local_config(tmp_path: Path) -> None:
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def _dvc_repo(tmp_path: Path) -> Path:
+    """An empty DVC repository (no git) in tmp_path/repo."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    dvc = str(Path(sys.executable).parent / "dvc")
-    subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=repo, check=True)
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=repo, check=True)
+    return repo
+
+
+def test_dvc_remote_from_a_sourced_env_file_goes_to_the_local_config(tmp_path: Path) -> None:
+    repo = _dvc_repo(tmp_path)
     cfg = Config.from_env({"SERVICES_DIR": str(tmp_path / "stack")})
     creds = load_or_create(cfg.credentials_file)
     env = _clean_env(
@@ -182,7 +190,7 @@ def test_dvc_remote_from_a_sourced_env_file_goes_to_the_local_config(tmp_path: P
     assert "remote = team" in local and f"secret_access_key = {creds.s3_secret_key}" in local
     assert "team" not in (repo / ".dvc" / "config").read_text()
     shown = subprocess.run(
-        [dvc, "remote", "list"], cwd=repo, capture_output=True, text=True, check=True
+        [DVC, "remote", "list"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout
     assert shown.split() == ["team", "s3://taxi-dvc/dvc", "(default)"]
 
@@ -192,10 +200,7 @@ def test_a_secret_that_starts_with_a_dash_is_a_value(tmp_path: Path) -> None:
     when the remote was written through DVC's command line, which took it for an option)."""
     from services.dvc_remote import RemoteSettings, configure
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"],
-                   cwd=repo, check=True)  # fmt: skip
+    repo = _dvc_repo(tmp_path)
     secret = "-TC-fQfePBp4zqk6MzmXACW9GaIc9Exe4aHfHjkO"
     configure(repo, RemoteSettings("s3://taxi-dvc/dvc", "http://127.0.0.1:1", "TAXIKEY", secret))
     local = (repo / ".dvc" / "config.local").read_text()

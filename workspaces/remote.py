@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -23,6 +24,13 @@ def default_remote(repo: Path) -> str | None:
     )
     name = proc.stdout.strip()
     return name if proc.returncode == 0 and name else None
+
+
+def team_remote_in(environ: Mapping[str, str]) -> bool:
+    """Whether the environment names the team's DVC remote (`source .services/env`)."""
+    from services.dvc_remote import RemoteSettings
+
+    return RemoteSettings.from_env(environ) is not None
 
 
 def ensure_remote(repo: Path) -> str | None:
