@@ -101,13 +101,16 @@ def ours_prepare(spec: dict, result: dict) -> None:
 
 
 def ours_features(spec: dict, result: dict) -> None:
-    from stages.features import encode, fit_encoders, read_zones
+    from stages.encoding import encode
+    from stages.features import fit_encoders, read_zones
 
     params = _ours_params()
     train = pd.read_parquet(_file(spec, "clean").with_suffix(".parquet"))
     zones = read_zones(Path(spec["zones"]))
     with measured(result):
-        encoders = fit_encoders(train, zones, params["features"])
+        encoders = fit_encoders(
+            train, zones, params["features"], params["prepare"].max_distance_miles
+        )
         features = encode(train, encoders)
     result["rows"] = len(train)
     features.to_parquet(_file(spec, "features").with_suffix(".parquet"), index=False)

@@ -21,12 +21,12 @@ from stages.common import (
     run_stage,
     write_json,
 )
+from stages.encoding import PAIR_BASE, encode
+from stages.request import example_request
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.features")
-# pickup * PAIR_BASE + dropoff: a pair key that sorts and prints as the two zone ids.
-PAIR_BASE = 1000
-UNKNOWN = 0  # code 0 of every vocabulary: not seen in the training months
+EXAMPLE_TRIPS = 5  # real training trips, logged with the model as its input example
 
 
 def read_zones(path: Path) -> pd.DataFrame:
@@ -34,8 +34,12 @@ def read_zones(path: Path) -> pd.DataFrame:
     return zones.assign(Borough=zones["Borough"].fillna("Unknown"))
 
 
-def fit_encoders(train: pd.DataFrame, zones: pd.DataFrame, params: FeaturesParams) -> dict:
-    """Vocabularies of zones, boroughs and frequent pickup-dropoff pairs, from training trips."""
+def fit_encoders(
+    train: pd.DataFrame, zones: pd.DataFrame, params: FeaturesParams, max_distance_miles: float
+) -> dict:
+    """Vocabularies of zones, boroughs and frequent pickup-dropoff pairs, from training trips,
+    and the distance range of the trips the model learns from (prepare's filter): a request
+    outside it is refused when the model scores raw trips (stages.request)."""
     pair_keys = (
         train["pickup_zone"].to_numpy(np.int64) * PAIR_BASE + train["dropoff_zone"].to_numpy()
     )
@@ -48,51 +52,8 @@ def fit_encoders(train: pd.DataFrame, zones: pd.DataFrame, params: FeaturesParam
         "zone_borough": zones["Borough"].tolist(),
         "boroughs": sorted(zones["Borough"].unique().tolist()),
         "clip_distance_miles": params.clip_distance_miles,
+        "max_distance_miles": max_distance_miles,
     }
-
-
-def _codes(values: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
-    """1-based position of each value in the sorted vocabulary, UNKNOWN where absent."""
-    if len(vocabulary) == 0:
-        return np.zeros(len(values), dtype=np.int32)
-    pos = np.searchsorted(vocabulary, values)
-    found = vocabulary[np.minimum(pos, len(vocabulary) - 1)] == values
-    return np.where(found, pos + 1, UNKNOWN).astype(np.int32)
-
-
-def encode(trips: pd.DataFrame, encoders: dict) -> pd.DataFrame:
-    """Integer codes and numeric features, one row per trip; the target stays as it is."""
-    pair_vocab = np.array(
-        [int(a) * PAIR_BASE + int(b) for a, b in (p.split("-") for p in encoders["pairs"])],
-        dtype=np.int64,
-    )
-    zone_vocab = np.asarray(encoders["zones"], dtype=np.int64)
-    borough_vocab = np.asarray(encoders["boroughs"], dtype=object)
-    # zone code -> borough code, with UNKNOWN mapped to UNKNOWN
-    zone_to_borough = np.concatenate(
-        [[UNKNOWN], np.searchsorted(borough_vocab, np.asarray(encoders["zone_borough"])) + 1]
-    ).astype(np.int8)
-
-    pickup = trips["pickup_zone"].to_numpy(np.int64)
-    dropoff = trips["dropoff_zone"].to_numpy(np.int64)
-    pickup_code = _codes(pickup, zone_vocab)
-    dropoff_code = _codes(dropoff, zone_vocab)
-    when = trips["pickup_datetime"].dt
-    return pd.DataFrame(
-        {
-            "pair_code": _codes(pickup * PAIR_BASE + dropoff, pair_vocab),
-            "pickup_zone_code": pickup_code.astype(np.int16),
-            "dropoff_zone_code": dropoff_code.astype(np.int16),
-            "pickup_borough_code": zone_to_borough[pickup_code],
-            "dropoff_borough_code": zone_to_borough[dropoff_code],
-            "hour": when.hour.to_numpy(np.int8),
-            "weekday": when.day_of_week.to_numpy(np.int8),
-            "trip_distance": np.minimum(
-                trips["trip_distance"].to_numpy(np.float64), encoders["clip_distance_miles"]
-            ),
-            "duration_minutes": trips["duration_minutes"].to_numpy(np.float64),
-        }
-    )
 
 
 def read_split(paths: list[Path]) -> pd.DataFrame:
@@ -108,9 +69,10 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument("--zones", required=True, type=Path)
     parser.add_argument("--out", required=True, help="feature table pattern with {split}")
     parser.add_argument("--encoders", required=True, type=Path)
+    parser.add_argument("--example", required=True, type=Path, help="the model's input example")
     args = parser.parse_args(argv)
 
-    params = load_params("data", "features")
+    params = load_params("data", "prepare", "features")
     clean_paths = {
         split: [Path(args.clean.format(month=m)) for m in params["data"].months_of(split)]
         for split in SPLITS
@@ -118,13 +80,21 @@ def main(argv: list[str] | None) -> None:
     inputs = [path for paths in clean_paths.values() for path in paths] + [args.zones]
     with stage_run("features", params, inputs=inputs) as run:
         splits = {split: read_split(paths) for split, paths in clean_paths.items()}
-        encoders = fit_encoders(splits["train"], read_zones(args.zones), params["features"])
+        encoders = fit_encoders(
+            splits["train"],
+            read_zones(args.zones),
+            params["features"],
+            max_distance_miles=params["prepare"].max_distance_miles,
+        )
         tables = {split: encode(trips, encoders) for split, trips in splits.items()}
         for split, table in tables.items():
             table.to_parquet(
                 run.output(args.out.format(split=split)), index=False, compression="zstd"
             )
         write_json(run.output(args.encoders), encoders)
+        example_request(splits["train"], EXAMPLE_TRIPS).to_parquet(
+            run.output(args.example), index=False
+        )
         run.log_metrics(
             {f"{s}_rows": len(t) for s, t in tables.items()}
             | {"vocabulary_pairs": len(encoders["pairs"])}

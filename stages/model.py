@@ -17,8 +17,8 @@ import pandas as pd
 from scipy import sparse
 
 from stages.common import BadInputError, ModelParams, atomic_path
+from stages.encoding import TARGET, encode
 
-TARGET = "duration_minutes"
 LINEAR_TYPES = ("lasso", "ridge")
 # Conjugate gradients on X'X: relative residual at which ridge counts as solved.
 RIDGE_RTOL, RIDGE_MAX_ITER = 1e-10, 20_000
@@ -343,3 +343,11 @@ def predict(
         nthread=threads,
     )
     return booster.predict(dmatrix).astype(np.float64)
+
+
+def predict_trips(
+    model: dict[str, Any], encoders: dict, trips: pd.DataFrame, threads: int
+) -> np.ndarray:
+    """Minutes for cleaned trips (stages.request.TRIP_COLUMNS), through the features stage's
+    own encoding: how a registered model scores raw trips."""
+    return predict(model, encode(trips, encoders), encoders, threads)

@@ -2,13 +2,17 @@
 
 MLflow runs this file to load the model: nothing is unpickled. The artifacts are the exact
 bytes of models/model.json and data/features/encoders.json, so their md5 match dvc.lock.
-Input: a DataFrame with the columns of data/features/<split>.parquet. The `pd.DataFrame`
-type hint tells MLflow the input is a table it should pass through as it is.
+Input: raw TLC trips (stages.request: the signature MLflow checks requests against, then the
+column checks), encoded by the features stage's own code (stages.model.predict_trips). A
+request the model cannot take raises an MlflowException with INVALID_PARAMETER_VALUE:
+`mlflow models serve` answers it with a 400 that names the column.
 """
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 
@@ -27,8 +31,13 @@ class TripDurationModel(PythonModel):
         params: dict | None = None,
     ) -> np.ndarray:
         from stages import model as models
+        from stages.request import RequestError, trips_from_request
 
-        return models.predict(self.model, model_input, self.encoders, threads=1)
+        try:
+            trips = trips_from_request(model_input, self.encoders)
+        except RequestError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+        return models.predict_trips(self.model, self.encoders, trips, threads=1)
 
 
 mlflow.models.set_model(TripDurationModel())

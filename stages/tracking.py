@@ -47,7 +47,13 @@ MODEL_REQUIREMENTS = ["numpy", "pandas", "scipy", "xgboost", "pyarrow", "pyyaml"
 # The file MLflow runs to load a logged model (models from code), and the project modules it
 # imports; they ship inside every registered model, so train depends on them in dvc.yaml.
 PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
-MODEL_CODE = ("stages/common.py", "stages/model.py", "stages/pyfunc_model.py")
+MODEL_CODE = (
+    "stages/common.py",
+    "stages/encoding.py",
+    "stages/model.py",
+    "stages/pyfunc_model.py",
+    "stages/request.py",
+)
 # Tags naming the process that owns a run, so a later run can tell a dead one (SIGKILL).
 HOST_TAG, PROCESS_TAG = "host", "process"
 # Inside `dvc exp run`, DVC names the experiment and its baseline in these variables.
@@ -161,16 +167,18 @@ class StageRun:
         name: str,
         tags: Mapping[str, str],
         *,
+        signature: Any = None,
         example: Any = None,
     ) -> None:
         """Log the model (pickle-free pyfunc over its JSON files) and register a new version
-        once the outputs are in place. `example`: a few rows of the model's input (a
-        DataFrame), logged as its input example; its column types are the signature."""
+        once the outputs are in place. `signature`: the MLflow signature of its request;
+        `example`: a few real trips as a request, logged as the input example."""
         self._model = {
             "model": Path(model_path),
             "encoders": Path(encoders_path),
             "name": name,
             "tags": dict(tags),
+            "signature": signature,
             "example": example,
         }
 
@@ -264,16 +272,14 @@ class StageRun:
             for path in MODEL_CODE:
                 shutil.copyfile(path, package / Path(path).name)
             saved = Path(staging) / "model"
-            example = spec["example"]
-            signature = table_signature(example) if example is not None else None
             mlflow.pyfunc.save_model(
                 path=str(saved),
                 python_model=str(PYFUNC_MODEL),
                 artifacts={"model": str(model_copy), "encoders": str(spec["encoders"])},
                 code_paths=[str(package)],
                 pip_requirements=MODEL_REQUIREMENTS,
-                signature=signature,
-                input_example=example,
+                signature=spec["signature"],
+                input_example=spec["example"],
             )
             self.client.log_artifacts(self.run_id, str(saved), "model")
         self._model_uri = f"runs:/{self.run_id}/model"
@@ -311,22 +317,6 @@ class StageRun:
             for version in record.versions_of_run(self.client, self._model["name"], self.run_id):
                 self.client.delete_model_version(version.name, version.version)
                 log.info("deleted %s version %s of a failed run", version.name, version.version)
-
-
-def table_signature(example: Any) -> Any:
-    """The signature of a model taking this DataFrame's columns and returning minutes, stated
-    from the dtypes (inferring it from a sample warns about integer columns and nulls)."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    def kind(dtype: Any) -> str:
-        if np.issubdtype(dtype, np.integer):
-            return "long" if dtype.itemsize == 8 else "integer"
-        return "double" if np.issubdtype(dtype, np.floating) else "string"
-
-    columns = [ColSpec(kind(example[c].dtype), c) for c in example.columns]
-    return ModelSignature(Schema(columns), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
 
 
 def reconcile_orphans(client: Any, model_name: str) -> list[str]:

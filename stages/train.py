@@ -12,24 +12,25 @@ import pandas as pd
 
 from lineage import record
 from stages import model as models
+from stages import request
 from stages.common import load_params, read_json, run_stage, write_json
 from stages.tracking import model_lineage, reconcile_orphans, stage_run
 
 log = logging.getLogger("stages.train")
-EXAMPLE_ROWS = 5  # real training trips logged with the model as its input example
 
 
 def main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--features", required=True, type=Path)
     parser.add_argument("--encoders", required=True, type=Path)
+    parser.add_argument("--example", required=True, type=Path, help="the model's input example")
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--metrics", required=True, type=Path)
     args = parser.parse_args(argv)
 
     params = load_params("base", "model")
     base, model_params = params["base"], params["model"]
-    with stage_run("train", params, inputs=[args.features, args.encoders]) as run:
+    with stage_run("train", params, inputs=[args.features, args.encoders, args.example]) as run:
         reconcile_orphans(run.client, model_params.registered_name)
         features = pd.read_parquet(args.features)
         encoders = read_json(args.encoders)
@@ -45,7 +46,7 @@ def main(argv: list[str] | None) -> None:
         models.save(model, run.output(args.model))
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics | {"fit_seconds": fit_seconds})
-        example = features.drop(columns=[models.TARGET]).head(EXAMPLE_ROWS)
+        example = pd.read_parquet(args.example)
         run.register_model(
             args.model,
             args.encoders,
@@ -55,6 +56,7 @@ def main(argv: list[str] | None) -> None:
                 **model_lineage(),
                 **record.file_tags(record.INPUT, run.inputs),
             },
+            signature=request.signature(),
             example=example,
         )
     log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from stages.common import FeaturesParams, read_json, write_json
-from stages.features import UNKNOWN, encode, fit_encoders, read_zones
+from stages.encoding import UNKNOWN, encode
+from stages.features import fit_encoders, read_zones
 from tests.conftest import clean_month, project_section
 
 FEATURES = project_section("features")
@@ -28,7 +29,7 @@ def zones(small_tlc: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def encoders(train, zones) -> dict:
-    return fit_encoders(train, zones, FEATURES)
+    return fit_encoders(train, zones, FEATURES, max_distance_miles=100)
 
 
 def test_pairs_are_those_seen_min_pair_count_times(train, encoders):
@@ -40,7 +41,10 @@ def test_pairs_are_those_seen_min_pair_count_times(train, encoders):
 
 def test_min_pair_count_shrinks_the_vocabulary(train, zones, encoders):
     every_pair = fit_encoders(
-        train, zones, FeaturesParams(min_pair_count=1, clip_distance_miles=60)
+        train,
+        zones,
+        FeaturesParams(min_pair_count=1, clip_distance_miles=60),
+        max_distance_miles=100,
     )
     n_distinct = len(train.groupby(["pickup_zone", "dropoff_zone"]).size())
     assert len(every_pair["pairs"]) == n_distinct

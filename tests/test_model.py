@@ -10,7 +10,8 @@ import pytest
 
 from stages import model as m
 from stages.common import BadInputError, parse_section
-from stages.features import encode, fit_encoders, read_zones
+from stages.encoding import encode
+from stages.features import fit_encoders, read_zones
 from tests.conftest import PROJECT_PARAMS, clean_month, project_section
 
 
@@ -25,7 +26,9 @@ def model_params(**changes):
 def data(small_tlc: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     clean = {month: clean_month(small_tlc, month) for month in ("2025-01", "2025-02")}
     zones = read_zones(small_tlc / "taxi_zone_lookup.csv")
-    encoders = fit_encoders(clean["2025-01"], zones, project_section("features"))
+    encoders = fit_encoders(
+        clean["2025-01"], zones, project_section("features"), max_distance_miles=100
+    )
     return encode(clean["2025-01"], encoders), encode(clean["2025-02"], encoders), encoders
 
 
