@@ -175,6 +175,11 @@ class EvaluateParams(_Section):
         return self
 
 
+class PromoteParams(_Section):
+    # A challenger becomes champion only when its validation RMSE is lower by at least this.
+    min_improvement_minutes: float = Field(ge=0)
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "base": BaseParams,
     "data": DataParams,
@@ -182,6 +187,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "features": FeaturesParams,
     "model": ModelParams,
     "evaluate": EvaluateParams,
+    "promote": PromoteParams,
 }
 
 S = TypeVar("S", bound=_Section)

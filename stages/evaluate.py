@@ -1,6 +1,11 @@
 """evaluate: RMSE, MAE and R² on the validation and test months, the data for DVC plots, and
 every trip's prediction (DVC-cached: a fresh clone, which has the metrics from git but not the
-predictions, runs evaluate again, so every registered version gets its evaluation)."""
+predictions, runs evaluate again, so every registered version gets its evaluation).
+
+Then the champion decision (registry.champion): the model's version is compared with the
+registry's `champion` on the same cleaned validation month and promoted only when better by
+`promote.min_improvement_minutes`. The decision lives in the registry, not in the outputs:
+they stay a function of code, params and data."""
 
 from __future__ import annotations
 
@@ -8,13 +13,22 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from registry import champion
 from stages import model as models
-from stages.common import EvaluateParams, load_params, read_json, run_stage, write_json
-from stages.tracking import stage_run
+from stages.common import (
+    BadInputError,
+    EvaluateParams,
+    load_params,
+    read_json,
+    run_stage,
+    write_json,
+)
+from stages.tracking import StageRun, stage_run
 
 log = logging.getLogger("stages.evaluate")
 EVAL_SPLITS = ("validation", "test")
@@ -107,11 +121,17 @@ def main(argv: list[str] | None) -> None:
     parser.add_argument(
         "--predictions", required=True, help="per-trip predictions pattern with {split}"
     )
+    parser.add_argument("--clean", required=True, help="cleaned month pattern with {month}")
     args = parser.parse_args(argv)
 
-    params = load_params("base", "evaluate")
+    params = load_params("base", "data", "evaluate", "promote")
     feature_paths = {split: Path(args.features.format(split=split)) for split in EVAL_SPLITS}
+    clean_paths = {
+        split: [Path(args.clean.format(month=m)) for m in params["data"].months_of(split)]
+        for split in EVAL_SPLITS
+    }
     inputs = [*feature_paths.values(), args.encoders, args.model]
+    inputs += [path for paths in clean_paths.values() for path in paths]
     with stage_run("evaluate", params, inputs=inputs) as run:
         encoders = read_json(args.encoders)
         model = models.load(args.model)
@@ -133,8 +153,89 @@ def main(argv: list[str] | None) -> None:
         run.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as png_dir:
             pngs = render_pngs(tables, Path(png_dir))
-            run.report_to(run.producer_of(args.model), pngs, "plots", version_metrics=metrics)
+            model_run = run.producer_of(args.model)
+            run.report_to(model_run, pngs, "plots", version_metrics=metrics)
+        registered = run.model_version_of(model_run)
+        if registered is None:
+            log.warning("%s: no registered version of this model: no champion decision", args.model)
+        else:
+            scores = champion.Scores(
+                registered[1],
+                {split: metrics[split]["rmse"] for split in EVAL_SPLITS},
+                {split: split_data(run, clean_paths[split]) for split in EVAL_SPLITS},
+            )
+            run.after_commit(
+                lambda: promote_or_keep(
+                    run,
+                    registered[0],
+                    scores,
+                    clean_paths=clean_paths,
+                    min_improvement=params["promote"].min_improvement_minutes,
+                    threads=params["base"].threads,
+                )
+            )
     log.info("%s", metrics)
+
+
+def split_data(run: StageRun, paths: list[Path]) -> str:
+    """What a split's data is: the cleaned files and their md5 (as recorded for the run)."""
+    from lineage import record
+
+    return champion.data_label(
+        {record.lineage_path(p): run.inputs[record.lineage_path(p)] for p in paths}
+    )
+
+
+def rescore(model_dir: Path, clean_paths: dict[str, list[Path]], threads: int) -> dict[str, float]:
+    """RMSE per split of the model and encoders files in `model_dir` on these cleaned trips."""
+    from stages.features import read_split
+
+    model = models.load(model_dir / "model.json")
+    encoders = read_json(model_dir / "encoders.json")
+    rmse = {}
+    for split, paths in clean_paths.items():
+        trips = read_split(paths)
+        predicted = models.predict_trips(model, encoders, trips, threads)
+        rmse[split] = regression_metrics(trips[models.TARGET].to_numpy(), predicted)["rmse"]
+    return rmse
+
+
+def promote_or_keep(
+    run: StageRun,
+    name: str,
+    scores: champion.Scores,
+    *,
+    clean_paths: dict[str, list[Path]],
+    min_improvement: float,
+    threads: int,
+) -> None:
+    """The champion decision, once the outputs are in place (StageRun.after_commit)."""
+
+    def champion_scores(version: Any) -> tuple[champion.Scores, bool]:
+        recorded = champion.recorded_scores(version)
+        if recorded is not None and recorded.data == scores.data:
+            return recorded, False
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(run.client.download_artifacts(version.run_id, "model/artifacts", tmp))
+            try:
+                rmse = rescore(local, clean_paths, threads)
+            except BadInputError as exc:
+                raise champion.PromotionError(
+                    f"champion v{version.version} cannot be scored on this data: {exc}"
+                ) from None
+        return champion.Scores(version.version, rmse, scores.data), True
+
+    decision = champion.decide_and_record(
+        run.client,
+        name,
+        scores,
+        min_improvement=min_improvement,
+        champion_scores=champion_scores,
+        repo=Path.cwd(),
+    )
+    won = decision.promote or decision.outcome == champion.ALREADY
+    verb = "is champion" if won else "stays challenger"
+    log.info("%s v%s %s: %s", name, scores.version, verb, decision.reason)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ files. At the end, in this order:
   1. the run is recorded: params, metrics, `in/` `out/` `code/` `source/` tags, datasets, and
      for train the logged model (artifacts upload before anything is committed);
   2. the outputs are moved into place, all or none (StagedOutputs.commit);
-  3. train registers the model version: the last step, so a version exists only for files
-     that are in place; if registering fails the previous outputs are put back;
+  3. train registers the model version, so a version exists only for files that are in
+     place, then the registry steps a stage asked for (after_commit: train marks the new
+     version challenger, evaluate decides on the champion); if one fails the previous
+     outputs are put back and the new version deleted;
   4. the run is marked FINISHED.
 On any failure (an exception, Ctrl-C, SIGTERM) the staged files are dropped, committed ones
 rolled back, versions the run created are deleted (looked up in the registry, not taken from
@@ -26,7 +28,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,9 @@ class StageRun:
         self.metrics: dict[str, float] = {}
         self._model: dict[str, Any] | None = None
         self._model_uri: str | None = None
+        self._after_commit: list[Callable[[], None]] = []
         self.model_version: Any = None
+        self.registered_new = False  # a new version (not an identical one found registered)
 
     def output(self, target: Path | str) -> Path:
         """The temporary path to write a declared output to."""
@@ -182,6 +186,19 @@ class StageRun:
             "example": example,
         }
 
+    def after_commit(self, step: Callable[[], None]) -> None:
+        """Run `step` once the outputs are in place and the model registered (registry state
+        such as aliases): a step that fails fails the stage and rolls its outputs back."""
+        self._after_commit.append(step)
+
+    def model_version_of(self, run_id: str | None) -> tuple[str, str] | None:
+        """(name, version) of the model version the run `run_id` registered, if any."""
+        if not run_id:
+            return None
+        tags = self.client.get_run(run_id).data.tags
+        name, version = tags.get(record.MODEL_NAME_TAG), tags.get(record.MODEL_VERSION_TAG)
+        return (name, version) if name and version else None
+
     def producer_of(self, path: Path | str) -> str | None:
         """The run that wrote this input file (same md5), newest first."""
         name = record.lineage_path(path)
@@ -208,9 +225,9 @@ class StageRun:
         self.client.log_batch(
             run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(self.metrics.items())]
         )
-        tags = self.client.get_run(run_id).data.tags
-        name, version = tags.get(record.MODEL_NAME_TAG), tags.get(record.MODEL_VERSION_TAG)
-        if name and version and version_metrics:
+        registered = self.model_version_of(run_id)
+        if registered and version_metrics:
+            name, version = registered
             for key, value in record.flatten("", version_metrics).items():
                 self.client.set_model_version_tag(name, version, key, str(value))
 
@@ -305,6 +322,7 @@ class StageRun:
             )
         else:
             self.model_version = mlflow.register_model(self._model_uri, spec["name"], tags=tags)
+            self.registered_new = True
             log.info("registered %s version %s", spec["name"], self.model_version.version)
         self.client.set_tag(self.run_id, record.MODEL_NAME_TAG, spec["name"])
         self.client.set_tag(self.run_id, record.MODEL_VERSION_TAG, self.model_version.version)
@@ -408,6 +426,8 @@ def stage_run(
             stage_record._record()
             outputs.commit()
             stage_record._register()
+            for step in stage_record._after_commit:
+                step()
             seconds = overhead + time.perf_counter() - started
             stage_record.metrics["mlflow_seconds"] = seconds
             client.log_metric(run_id, "mlflow_seconds", seconds)

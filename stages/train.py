@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from lineage import record
+from registry import champion
 from stages import model as models
 from stages import request
 from stages.common import load_params, read_json, run_stage, write_json
-from stages.tracking import model_lineage, reconcile_orphans, stage_run
+from stages.tracking import StageRun, model_lineage, reconcile_orphans, stage_run
 
 log = logging.getLogger("stages.train")
 
@@ -59,7 +60,15 @@ def main(argv: list[str] | None) -> None:
             signature=request.signature(),
             example=example,
         )
+        run.after_commit(lambda: _mark_challenger(run, model_params.registered_name))
     log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)
+
+
+def _mark_challenger(run: StageRun, name: str) -> None:
+    """A new version is the challenger until evaluate decides (an identical model found
+    registered keeps its aliases)."""
+    if run.registered_new:
+        champion.mark_challenger(run.client, name, run.model_version.version)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ def test_no_command_interpolates_a_param() -> None:
         assert not re.search(r"\$\{", cmd), f"stage {name}: {cmd}"
 
 
-PROJECT_PACKAGES = ("stages", "lineage", "workspaces")
+PROJECT_PACKAGES = ("stages", "lineage", "registry", "workspaces")
 
 
 def imported_project_files(module: str) -> set[str]:

@@ -1,0 +1,1 @@
+"""The model registry's conventions: champion and challenger (registry.champion)."""
