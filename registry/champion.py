@@ -38,6 +38,14 @@ PROMOTED, KEPT, FIRST, ALREADY, BY_HAND = (
     "already_champion",
     "promoted_by_hand",
 )
+# How a decision reads in a log line or a report: "<model> v4 <verdict>: <reason>".
+VERDICTS = {
+    PROMOTED: "promoted to champion",
+    FIRST: "promoted to champion",
+    BY_HAND: "promoted to champion by hand",
+    ALREADY: "is already champion",
+    KEPT: "not promoted",
+}
 # A concurrent evaluation may move the champion between reading and writing it: re-decide.
 COMPARE_AND_SET_ATTEMPTS = 3
 
@@ -147,6 +155,11 @@ def version_with_alias(client: Any, name: str, alias: str) -> Any | None:
         raise
 
 
+def _number(version: Any | None) -> str | None:
+    """A version's number as text (MLflow hands out ints from some calls, text from others)."""
+    return None if version is None else str(version.version)
+
+
 def mark_challenger(client: Any, name: str, version: str) -> None:
     """A new version is the challenger until evaluate decides."""
     client.set_registered_model_alias(name, CHALLENGER, version)
@@ -161,7 +174,7 @@ def recorded_scores(version: Any) -> Scores | None:
             return None
         rmse[split] = float(tags[f"{split}.rmse"])
         data[split] = tags[DATA_TAG.format(split=split)]
-    return Scores(version.version, rmse, data)
+    return Scores(str(version.version), rmse, data)
 
 
 def scores_tags(scores: Scores) -> dict[str, str]:
@@ -179,7 +192,7 @@ def record_decision(
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
         challenger = version_with_alias(client, name, CHALLENGER)
-        if challenger is not None and challenger.version == version:
+        if challenger is not None and str(challenger.version) == str(version):
             client.delete_registered_model_alias(name, CHALLENGER)
 
 
@@ -215,13 +228,13 @@ def decide_and_record(
         for _ in range(COMPARE_AND_SET_ATTEMPTS):
             current = version_with_alias(client, name, CHAMPION)
             scores, rescored = None, False
-            if current is not None and current.version != challenger.version:
+            if current is not None and str(current.version) != challenger.version:
                 scores, rescored = champion_scores(current)
             elif current is not None:
                 scores = challenger
             decision = decide(challenger, scores, min_improvement)
             again = version_with_alias(client, name, CHAMPION)
-            if (again and again.version) != (current and current.version):
+            if _number(again) != _number(current):
                 continue  # the champion moved while this one was being compared
             tags = scores_tags(challenger)
             if decision.outcome != ALREADY:  # the version's own promotion record stays
@@ -251,13 +264,13 @@ def promote_by_hand(client: Any, name: str, version: str, reason: str) -> Decisi
     except MlflowException:
         raise PromotionError(f"{name} has no version {version!r}") from None
     previous = version_with_alias(client, name, CHAMPION)
-    if previous is not None and previous.version == target.version:
+    if _number(previous) == _number(target):
         return Decision(ALREADY, f"version {version} is already the champion")
-    ours = recorded_scores(target) or Scores(target.version, {}, {})
+    ours = recorded_scores(target) or Scores(str(target.version), {}, {})
     theirs = recorded_scores(previous) if previous is not None else None
     if previous is not None and theirs is None:
-        theirs = Scores(previous.version, {}, {})
+        theirs = Scores(str(previous.version), {}, {})
     decision = Decision(BY_HAND, reason)
     tags = decision_tags(decision, ours, theirs, min_improvement=None, by=who())
-    record_decision(client, name, target.version, tags, promote=True)
+    record_decision(client, name, str(target.version), tags, promote=True)
     return decision

@@ -223,7 +223,7 @@ def promote_or_keep(
                 raise champion.PromotionError(
                     f"champion v{version.version} cannot be scored on this data: {exc}"
                 ) from None
-        return champion.Scores(version.version, rmse, scores.data), True
+        return champion.Scores(str(version.version), rmse, scores.data), True
 
     decision = champion.decide_and_record(
         run.client,
@@ -233,9 +233,9 @@ def promote_or_keep(
         champion_scores=champion_scores,
         repo=Path.cwd(),
     )
-    won = decision.promote or decision.outcome == champion.ALREADY
-    verb = "is champion" if won else "stays challenger"
-    log.info("%s v%s %s: %s", name, scores.version, verb, decision.reason)
+    log.info(
+        "%s v%s %s: %s", name, scores.version, champion.VERDICTS[decision.outcome], decision.reason
+    )
 
 
 if __name__ == "__main__":
