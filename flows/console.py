@@ -171,6 +171,9 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
         lines.append(f"{split} RMSE {rmse:.3f} min{change}")
     if model:
         lines.append(f"model: {record['model_name']} version {model}")
+        decision = record.get("decision")
+        if decision:
+            lines.append(f"  {decision['verdict']}: {decision['reason']}")
     elif not ran:
         lines.append("model: unchanged (the one dvc.lock records)")
     uri = record.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"

@@ -115,3 +115,17 @@ def _serve(port: str) -> None:
 
 if __name__ == "__main__":
     _serve(sys.argv[1])
+
+
+def server_for_this_run() -> LocalServer | None:
+    """A temporary server for a command-line run when PREFECT_API_URL names none; its URL is
+    put in PREFECT_API_URL. Call before Prefect is imported: the stop is registered first, so
+    it runs after Prefect's own exit handlers (last in, first out), which send the last logs."""
+    import atexit
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    server = LocalServer()
+    os.environ["PREFECT_API_URL"] = server.url
+    atexit.register(server.stop)
+    return server

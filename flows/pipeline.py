@@ -14,7 +14,6 @@ before exiting.
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import signal
 import sys
@@ -65,15 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
         early_plan = PlanProcess.start(workspace)
     # Without a running server, one for this run, started while Prefect is imported.
-    server = None
-    if not os.environ.get("PREFECT_API_URL"):
-        from flows.local_server import LocalServer
+    from flows.local_server import server_for_this_run
 
-        server = LocalServer()
-        os.environ["PREFECT_API_URL"] = server.url
-        # Registered before Prefect is imported, so it runs after Prefect's own exit
-        # handlers (last in, first out): they send the last logs to this server.
-        atexit.register(server.stop)
+    server = server_for_this_run()
     try:
         return _run(args, parameters, early_plan, server)
     except KeyboardInterrupt:

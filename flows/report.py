@@ -86,6 +86,7 @@ def mlflow_summary(repo: Path, pipeline_run_id: str, model_md5: str) -> dict[str
         tags = train[0].data.tags if train else {}
         name, version = tags.get(record.MODEL_NAME_TAG), tags.get(record.MODEL_VERSION_TAG)
         previous = _previous_version(client, name, version) if name and version else None
+        decision = _decision(client, name, version) if name and version else None
     except Exception as exc:  # the report must not fail a finished pipeline
         log.warning("MLflow record not available: %s", exc)
         return None
@@ -97,6 +98,7 @@ def mlflow_summary(repo: Path, pipeline_run_id: str, model_md5: str) -> dict[str
         "model_name": name,
         "model_version": version,
         "previous_version": previous,
+        "decision": decision,
         "train_run": link + train[0].info.run_id if train else None,
     }
 
@@ -110,6 +112,24 @@ def _previous_version(client: Any, name: str, version: str) -> dict[str, Any] | 
         return None
     newest = max(older, key=lambda v: int(v.version))
     return {"version": newest.version, **dict(newest.tags)}
+
+
+def _decision(client: Any, name: str, version: str) -> dict[str, Any] | None:
+    """The version's champion decision as evaluate (or a person) recorded it, and the
+    version that is champion now."""
+    from registry import champion
+
+    tags = client.get_model_version(name, version).tags
+    outcome = tags.get(champion.TAG_PREFIX + "outcome")
+    current = champion.version_with_alias(client, name, champion.CHAMPION)
+    if outcome is None:
+        return None
+    return {
+        "outcome": outcome,
+        "verdict": champion.VERDICTS.get(outcome, outcome),
+        "reason": tags.get(champion.TAG_PREFIX + "reason", ""),
+        "champion": str(current.version) if current is not None else None,
+    }
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
@@ -151,6 +171,10 @@ def render_markdown(
     else:
         version = record["model_version"]
         lines.append(f"- model: `{record['model_name']}` version {version or 'unknown'}")
+        decision = record.get("decision")
+        if decision:
+            lines.append(f"- champion decision: {decision['verdict']}: {decision['reason']}")
+            lines.append(f"- champion now: version {decision['champion']}")
         lines.append(f"- train run: {record['train_run'] or 'none'} (store `{record['uri']}`)")
         lines += [f"- {stage}: {url}" for stage, url in sorted(record["stage_runs"].items())]
     lines += ["", "## Data hashes (dvc.lock)", "", *_table(hashes)]

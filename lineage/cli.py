@@ -3,6 +3,7 @@
 python -m lineage models:/nyc-taxi-trip-duration-minutes/3
 python -m lineage <mlflow run id> --verify
 python -m lineage models/model.json --restore /tmp/raw [--with-features]
+python -m lineage predictions/green_tripdata_2025-03.parquet --verify   # batch scoring's output
 python -m lineage models:/nyc-taxi-trip-duration-minutes/latest --reproduce --json
 
 Exit status: 0 traced (and verified / reproduced, when asked); 1 a check failed (a hash
@@ -39,14 +40,19 @@ def render(lineage: Lineage) -> Any:
 
     mv = lineage.model_version
     title = f"[bold]{mv['name']} v{mv['version']}[/]" if mv else "[bold]model[/]"
-    tree = Tree(
-        f"{title}  {lineage.model.path} md5 {lineage.model.md5}{_mark(lineage.model.checks)}"
-    )
+    root = lineage.predictions or lineage.model
+    if lineage.predictions is not None:
+        title = f"[bold]predictions[/] (scored with {title})"
+    tree = Tree(f"{title}  {root.path} md5 {root.md5}{_mark(root.checks)}")
+
+    shown: set[str] = set()
 
     def add(branch: Any, node: FileNode) -> None:
         stage = node.producer
-        if stage is None:
+        if stage is None and node.source is None:
             branch.add(f"[red]no MLflow run wrote {node.path} md5 {node.md5}[/]")
+            return
+        if stage is None:  # a month scored as fetched from its source
             return
         params = ", ".join(
             f"{k}={v}" for k, v in sorted(stage.params.items()) if k.startswith(KEY_PARAMS)
@@ -54,6 +60,10 @@ def render(lineage: Lineage) -> Any:
         git = f"commit {stage.tags.get('git_commit', '?')[:10]}"
         git += " (dirty)" if stage.tags.get("git_dirty") == "true" else ""
         exp = f" exp {stage.tags['dvc_exp_name']}" if "dvc_exp_name" in stage.tags else ""
+        if stage.run_id in shown:  # a run reached by two paths: its inputs once
+            branch.add(f"[cyan]{stage.stage}[/] run {stage.run_id} (inputs shown above)")
+            return
+        shown.add(stage.run_id)
         run_branch = branch.add(
             f"[cyan]{stage.stage}[/] run {stage.run_id} {git}{exp}"
             + (f"\n{params}" if params else "")
@@ -62,7 +72,7 @@ def render(lineage: Lineage) -> Any:
             source = f"\n  ← {child.source}" if child.source else ""
             add(run_branch.add(f"{child.path} md5 {child.md5}{_mark(child.checks)}{source}"), child)
 
-    add(tree, lineage.model)
+    add(tree, root)
     return tree
 
 
@@ -73,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "ref", help="models:/<name>/<version|latest>, an MLflow run id, or a model file"
+        "ref",
+        help="models:/<name>/<version|latest>, an MLflow run id, a model file or a predictions "
+        "file of flows.score",
     )
     parser.add_argument(
         "--verify",

@@ -45,6 +45,11 @@ STAGE_TAG = "stage"
 PIPELINE_RUN_TAG = "pipeline_run_id"
 MODEL_NAME_TAG = "model_name"
 MODEL_VERSION_TAG = "model_version"
+# Batch scoring (flows.score) records a run of stage `score@<month>`: in/ the month's file and
+# the model file it scored with (the producer of that md5 is the model's train run), out/ the
+# predictions, and the registered version it resolved the model URI to.
+SCORE_STAGE = "score"
+SCORED_MODEL_URI_TAG, SCORED_MODEL_VERSION_TAG = "scored_model_uri", "scored_model_version"
 # Tags of a model version besides raw/ and in/: its run and its files.
 RUN_ID_TAG = "run_id"
 MODEL_MD5_TAG = "model_md5"
@@ -370,9 +375,11 @@ def versions_of_run(client: Any, model_name: str, run_id: str) -> list[Any]:
 
 def lineage_of_version(tags: Mapping[str, str]) -> dict[str, str]:
     """What makes two model versions the same model: its bytes, the raw files and the
-    features it was trained on (not the run, the commit or dvc.lock's md5)."""
+    features it was trained on, the code packaged with it (not the run, the commit or
+    dvc.lock's md5)."""
     keep = {MODEL_MD5_TAG}
-    return {k: v for k, v in tags.items() if k in keep or k.startswith((f"{RAW}/", f"{INPUT}/"))}
+    kinds = (f"{RAW}/", f"{INPUT}/", f"{CODE}/")
+    return {k: v for k, v in tags.items() if k in keep or k.startswith(kinds)}
 
 
 def same_model_version(client: Any, model_name: str, tags: Mapping[str, str]) -> Any | None:

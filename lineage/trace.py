@@ -1,4 +1,6 @@
-"""Lineage of a model: from a registered version, run or model file back to the raw TLC files.
+"""Lineage of a model: from a registered version, run or model file back to the raw TLC files;
+from a batch-scoring predictions file (flows.score) to the month it scored, the model it
+scored with, and on to that model's raw files.
 
 The chain is followed through the MLflow record (lineage.record): the producer of an input is
 the finished run whose `out/<path>` tag has that md5. It is checked against git (the dvc.lock
@@ -58,6 +60,9 @@ class Lineage:
     model_version: dict[str, Any] | None
     commit: str | None = None
     checks: dict[str, Any] = field(default_factory=dict)
+    # When traced from a predictions file: that file, produced by its score run, whose
+    # inputs are the scored month (`source`) and `model`.
+    predictions: FileNode | None = None
 
     def files(self) -> list[FileNode]:
         """Every file of the chain, model first, each once."""
@@ -134,35 +139,61 @@ class Tracer:
             raise NotFoundError(f"{run_id}: no such MLflow run in this store") from None
 
     def trace(self, ref: str) -> Lineage:
-        """`ref`: models:/<name>/<version|latest>, an MLflow run id, or the path of a model file."""
+        """`ref`: models:/<name>/<version|latest>, an MLflow run id, or the path of a model
+        file or of a predictions file written by batch scoring."""
         version = None
         if ref.startswith("models:/"):
             mv = self.resolve_version(ref)
-            version = {
-                "name": mv.name,
-                "version": mv.version,
-                "run_id": mv.run_id,
-                "tags": dict(mv.tags),
-            }
+            version = _version_info(mv)
             run = self._run(mv.run_id)
         elif Path(ref).is_file():
-            run = self._train_run_of_file(Path(ref))
+            run = self._producer_of_file(Path(ref))
         else:
             run = self._run(ref)
-        train = self.expand(self._stage(run))
-        model_path = next((p for p in train.outputs if p.endswith("model.json")), None)
+        node = self.expand(self._stage(run))
+        if node.stage.startswith(record.SCORE_STAGE + "@"):
+            return self._scored(node)
+        model_path = next((p for p in node.outputs if p.endswith("model.json")), None)
         if model_path is None:
-            raise LineageError(f"run {train.run_id} ({train.stage}) wrote no model file")
-        model = FileNode(model_path, train.outputs[model_path], train)
+            raise LineageError(f"run {node.run_id} ({node.stage}) wrote no model file")
+        model = FileNode(model_path, node.outputs[model_path], node)
         return Lineage(model, version)
 
-    def _train_run_of_file(self, path: Path) -> Any:
+    def _scored(self, score: StageNode) -> Lineage:
+        """A score run's lineage: its predictions, the month it read, the model it used."""
+        out_path, out_md5 = next(iter(score.outputs.items()))
+        sources = record.tagged_files(score.tags, record.SOURCE)
+        model = None
+        for child in score.inputs:
+            child.source = sources.get(child.path)
+            if child.producer is not None and child.producer.stage == "train":
+                model = child
+        if model is None:
+            raise LineageError(
+                f"score run {score.run_id}: no train run in MLflow wrote the model file it "
+                "scored with"
+            )
+        number = score.tags.get(record.SCORED_MODEL_VERSION_TAG)
+        name = model.producer.tags.get(record.MODEL_NAME_TAG)
+        version = None
+        if name and number:
+            version = _version_info(self.resolve_version(f"models:/{name}/{number}"))
+        return Lineage(model, version, predictions=FileNode(out_path, out_md5, score))
+
+    def _producer_of_file(self, path: Path) -> Any:
+        """The train run of a model file, or the score run of a predictions file."""
         md5 = file_md5(path)
         run = record.find_producer(self.client, self.experiment_ids, record.lineage_path(path), md5)
-        if run is None:  # a copy under another name: any train run that wrote these bytes
+        # A copy under another name: any train or score run that wrote these bytes.
+        for stage_filter in (
+            f"tags.{record.STAGE_TAG} = 'train'",
+            f"tags.{record.STAGE_TAG} LIKE '{record.SCORE_STAGE}@%'",
+        ):
+            if run is not None:
+                break
             runs = self.client.search_runs(
                 self.experiment_ids,
-                filter_string=f"tags.{record.STAGE_TAG} = 'train'",
+                filter_string=stage_filter + " and attributes.status = 'FINISHED'",
                 order_by=["attributes.start_time DESC"],
                 max_results=5000,
             )
@@ -171,8 +202,14 @@ class Tracer:
             ]
             run = wrote[0] if wrote else None
         if run is None:
-            raise NotFoundError(f"{path}: no train run in MLflow wrote a file with md5 {md5}")
+            raise NotFoundError(
+                f"{path}: no train or score run in MLflow wrote a file with md5 {md5}"
+            )
         return run
+
+
+def _version_info(mv: Any) -> dict[str, Any]:
+    return {"name": mv.name, "version": mv.version, "run_id": mv.run_id, "tags": dict(mv.tags)}
 
 
 # --------------------------------------------------------------------------- git and DVC

@@ -13,6 +13,7 @@ as the unseen-zone code, like a zone that had no training trips.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,65 +77,113 @@ def _pickup_column(request: pd.DataFrame) -> str:
     return given[0]
 
 
-def _no_nulls(values: pd.Series, column: str) -> None:
-    missing = values.isna().to_numpy()
-    if missing.any():
-        rows = np.flatnonzero(missing)
+@dataclass(frozen=True)
+class RowProblem:
+    """Rows of a request the model cannot score, for one reason."""
+
+    column: str
+    rows: np.ndarray  # boolean mask over the request's rows
+    message: str  # what is wrong with them, naming the column
+
+    def describe(self) -> str:
+        first = int(np.flatnonzero(self.rows)[0])
+        return self.message.format(first=first, count=int(self.rows.sum()))
+
+
+def _zone_ids(values: pd.Series, column: str, nulls: np.ndarray) -> np.ndarray:
+    """Integer zone ids (nulls as UNSEEN_ZONE, refused separately); RequestError otherwise."""
+    whole = pd.api.types.is_integer_dtype(values) or bool(nulls.all())
+    if not whole and pd.api.types.is_float_dtype(values) and nulls.any():
+        present = values.to_numpy(np.float64)[~nulls]  # a null turns an int column to float
+        whole = bool(np.all(np.isfinite(present) & (present == np.round(present))))
+    if not whole:
+        raise RequestError(f"column {column!r}: expected integer TLC zone ids, got {values.dtype}")
+    return values.fillna(UNSEEN_ZONE).to_numpy(np.int64)
+
+
+def _pickup_times(values: pd.Series, column: str) -> np.ndarray:
+    try:
+        if not pd.api.types.is_datetime64_any_dtype(values):
+            values = pd.to_datetime(values, format="ISO8601")
+    except (ValueError, TypeError, OverflowError) as exc:
         raise RequestError(
-            f"column {column!r}: {len(rows)} null value(s) (first at row {rows[0]}); "
-            "every trip needs a value"
-        )
+            f"column {column!r}: expected timestamps like 2025-02-01T08:30:00 ({exc})"
+        ) from None
+    if getattr(values.dt, "tz", None) is not None:  # TLC times are New York wall-clock times
+        values = values.dt.tz_convert("America/New_York").dt.tz_localize(None)
+    return values.to_numpy("datetime64[us]")
 
 
-def trips_from_request(request: pd.DataFrame, encoders: dict) -> pd.DataFrame:
-    """The request as cleaned trips (TRIP_COLUMNS), or RequestError naming the column."""
+def read_request(request: pd.DataFrame, encoders: dict) -> tuple[pd.DataFrame, list[RowProblem]]:
+    """Every row of the request as a cleaned trip (TRIP_COLUMNS), and the rows that cannot be
+    scored (a null, a distance outside the model's range). A problem of a whole column (one
+    missing, a wrong type, no pickup column) raises RequestError."""
     if not isinstance(request, pd.DataFrame):
         raise RequestError(f"expected a table of trips, got {type(request).__name__}")
     missing = [c for c in (*ZONE_COLUMNS, DISTANCE_COLUMN) if c not in request.columns]
     if missing:
         raise RequestError(f"missing column(s) {', '.join(map(repr, missing))}")
     pickup_column = _pickup_column(request)
-    trips = {}
-    for column, name in ZONE_COLUMNS.items():
-        _no_nulls(request[column], column)
-        if not pd.api.types.is_integer_dtype(request[column]):
-            raise RequestError(
-                f"column {column!r}: expected integer TLC zone ids, got {request[column].dtype}"
-            )
-        ids = request[column].to_numpy(np.int64)
-        known = np.isin(ids, np.asarray(encoders["zones"], dtype=np.int64))
-        trips[name] = np.where(known, ids, UNSEEN_ZONE)
+    problems: list[RowProblem] = []
 
-    _no_nulls(request[DISTANCE_COLUMN], DISTANCE_COLUMN)
-    if not pd.api.types.is_numeric_dtype(request[DISTANCE_COLUMN]) or pd.api.types.is_bool_dtype(
-        request[DISTANCE_COLUMN]
-    ):
+    def nulls_of(column: str) -> np.ndarray:
+        nulls = request[column].isna().to_numpy()
+        if nulls.any():
+            problems.append(
+                RowProblem(
+                    column,
+                    nulls,
+                    f"column {column!r}: {{count}} null value(s) (first at row {{first}}); "
+                    "every trip needs a value",
+                )
+            )
+        return nulls
+
+    trips = {}
+    zones = np.asarray(encoders["zones"], dtype=np.int64)
+    for column, name in ZONE_COLUMNS.items():
+        ids = _zone_ids(request[column], column, nulls_of(column))
+        trips[name] = np.where(np.isin(ids, zones), ids, UNSEEN_ZONE)
+
+    values = request[DISTANCE_COLUMN]
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise RequestError(
-            f"column {DISTANCE_COLUMN!r}: expected miles as numbers, "
-            f"got {request[DISTANCE_COLUMN].dtype}"
+            f"column {DISTANCE_COLUMN!r}: expected miles as numbers, got {values.dtype}"
         )
-    distance = request[DISTANCE_COLUMN].to_numpy(np.float64)
+    nulls = nulls_of(DISTANCE_COLUMN)
+    distance = values.to_numpy(np.float64)
     limit = float(encoders["max_distance_miles"])
-    outside = ~((distance > 0) & (distance <= limit))  # NaN-safe: inf and nan are outside
+    outside = ~nulls & ~((distance > 0) & (distance <= limit))  # inf is outside too
     if outside.any():
-        row = int(np.flatnonzero(outside)[0])
-        raise RequestError(
-            f"column {DISTANCE_COLUMN!r}: {distance[row]:g} miles at row {row} "
-            f"({int(outside.sum())} such row(s)); expected more than 0 and at most {limit:g} "
-            "miles, the range the model was trained on"
+        first = int(np.flatnonzero(outside)[0])
+        problems.append(
+            RowProblem(
+                DISTANCE_COLUMN,
+                outside,
+                f"column {DISTANCE_COLUMN!r}: {distance[first]:g} miles at row {{first}} "
+                f"({{count}} such row(s)); expected more than 0 and at most {limit:g} miles, "
+                "the range the model was trained on",
+            )
         )
     trips[DISTANCE_COLUMN] = distance
 
-    _no_nulls(request[pickup_column], pickup_column)
-    try:
-        pickup = request[pickup_column]
-        if not pd.api.types.is_datetime64_any_dtype(pickup):
-            pickup = pd.to_datetime(pickup, format="ISO8601")
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise RequestError(
-            f"column {pickup_column!r}: expected timestamps like 2025-02-01T08:30:00 ({exc})"
-        ) from None
-    if getattr(pickup.dt, "tz", None) is not None:  # TLC times are New York wall-clock times
-        pickup = pickup.dt.tz_convert("America/New_York").dt.tz_localize(None)
-    trips["pickup_datetime"] = pickup.to_numpy()
-    return pd.DataFrame(trips, columns=list(TRIP_COLUMNS))
+    nulls_of(pickup_column)
+    trips["pickup_datetime"] = _pickup_times(request[pickup_column], pickup_column)
+    return pd.DataFrame(trips, columns=list(TRIP_COLUMNS)), problems
+
+
+def trips_from_request(request: pd.DataFrame, encoders: dict) -> pd.DataFrame:
+    """The request as cleaned trips (TRIP_COLUMNS), or RequestError naming the column of the
+    first problem: every row must be scorable."""
+    trips, problems = read_request(request, encoders)
+    if problems:
+        raise RequestError(problems[0].describe())
+    return trips
+
+
+def refused_rows(problems: list[RowProblem], rows: int) -> np.ndarray:
+    """The rows of a request that any problem refuses (a boolean mask)."""
+    refused = np.zeros(rows, dtype=bool)
+    for problem in problems:
+        refused |= problem.rows
+    return refused

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -151,10 +152,12 @@ class StageRun:
         """The temporary path to write a declared output to."""
         return self.outputs.path(target)
 
-    def add_input(self, path: Path | str) -> None:
+    def add_input(self, path: Path | str, name: str | None = None) -> None:
+        """Record a file read; `name`: its project name when it was read from elsewhere (a
+        registered model's files downloaded from MLflow are `models/model.json`)."""
         if not Path(path).is_file():
             raise BadInputError(f"{path}: input not found (has the stage producing it run?)")
-        self.inputs[record.lineage_path(path)] = file_md5(path)
+        self.inputs[name or record.lineage_path(path)] = file_md5(path)
 
     def add_source(self, path: Path | str, address: str) -> None:
         self.sources[record.lineage_path(path)] = address
@@ -301,6 +304,8 @@ class StageRun:
             self.client.log_artifacts(self.run_id, str(saved), "model")
         self._model_uri = f"runs:/{self.run_id}/model"
         spec["tags"][record.MODEL_MD5_TAG] = outputs[record.lineage_path(spec["model"])]
+        # The code packaged with it: the same model bytes served by other code is another version.
+        spec["tags"] |= record.file_tags(record.CODE, {p: file_md5(p) for p in MODEL_CODE})
 
     def _register(self) -> None:
         """The last step: a version exists only once its files are in place."""
@@ -377,6 +382,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may handle signals (a flow's task in a worker thread)
+        return
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
