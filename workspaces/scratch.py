@@ -17,6 +17,7 @@ PROJECT_FILES = (
     "stages",
     "flows",
     "lineage",
+    "registry",
     "workspaces",
     "services",
     "pyproject.toml",
