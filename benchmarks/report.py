@@ -423,7 +423,49 @@ def overhead_markdown(extra: dict[str, Any]) -> list[str]:
         )
     elif "server" in extra:
         md.append(f"- Against the team MLflow server: not measured: {extra['server']}")
+    if "serving" in extra:
+        md += serving_markdown(extra["serving"])
     return md
+
+
+def serving_markdown(sv: dict[str, Any]) -> list[str]:
+    """The registered model behind `mlflow models serve` (benchmarks.serving)."""
+    single, batch = sv["single"], sv["batch"]
+    md = [
+        "",
+        "## Serving",
+        "",
+        f"`{sv['command']}` (one uvicorn worker), started outside the project, answered"
+        f" /ping {sv['server_start_seconds']} s after launch. Requests are real February trips"
+        f" with every TLC column ({sv['columns']}), JSON `dataframe_records`, timestamps as ISO"
+        " strings, sent on one keep-alive connection after a warm-up; the body is encoded"
+        " beforehand. Largest difference of a batch answer from the in-process pyfunc's:"
+        f" {batch['max_abs_difference_from_in_process']:g} minutes.",
+        "",
+    ]
+    return md + _table(
+        ["request", "requests", "body KiB", "p50 ms", "p99 ms", "trips/s at p50", "trips/s best"],
+        [
+            [
+                "1 trip",
+                single["requests"],
+                single["request_bytes"] / 1024,
+                single["p50_ms"],
+                single["p99_ms"],
+                1000 / single["p50_ms"],
+                1000 / single["min_ms"],
+            ],
+            [
+                f"{batch['rows']:,} trips",
+                batch["repeats"],
+                batch["request_bytes"] / 1024,
+                float(np.median(batch["seconds"])) * 1000,
+                float(np.percentile(batch["seconds"], 99)) * 1000,
+                batch["rows"] / float(np.median(batch["seconds"])),
+                batch["best_trips_per_second"],
+            ],
+        ],
+    )
 
 
 def write(out: Path, meta: dict, rows: list[dict], extra: dict) -> list[Path]:

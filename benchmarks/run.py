@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import course, overhead, report
+from benchmarks import course, overhead, report, serving
 from benchmarks.scaled_data import write_scaled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--workdir", type=Path, help="scratch space (default: a temp dir)")
-    parser.add_argument("--overhead", choices=("all", "imports", "none"), default="all")
+    parser.add_argument("--overhead", choices=("all", "imports", "serving", "none"), default="all")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per measurement")
     args = parser.parse_args(argv)
@@ -155,8 +155,22 @@ def measure_all(specs: list[dict[str, Any]], repeats: int, timeout: float) -> li
     return rows
 
 
+def serving_costs(workdir: Path, source: Path) -> dict[str, Any]:
+    """The registered model behind `mlflow models serve`: the model the dvc part's project
+    registered, or one built for this (benchmarks.serving)."""
+    store = workdir / "orchestration" / "mlflow.db"
+    if store.is_file():
+        tracking_uri = f"sqlite:///{store}"
+    else:
+        tracking_uri = serving.build_project(workdir / "serving", source)
+    return serving.serving_benchmark(
+        tracking_uri, serving.registered_model_uri(), source, workdir / "serving" / "serve"
+    )
+
+
 def overheads(kind: str, workdir: Path, source: Path) -> dict[str, Any]:
-    """Start-up, dvc and Prefect costs; a part that fails is recorded as an error, not fatal."""
+    """Start-up, dvc, Prefect and serving costs; a part that fails is recorded as an error,
+    not fatal."""
     result: dict[str, Any] = {}
     parts = {
         "imports": overhead.import_costs,
@@ -164,9 +178,10 @@ def overheads(kind: str, workdir: Path, source: Path) -> dict[str, Any]:
         "prefect": lambda: overhead.prefect_overhead(
             workdir / "orchestration", source, result["dvc"]["noop_best_seconds"]
         ),
+        "serving": lambda: serving_costs(workdir, source),
         "server": lambda: overhead.server_record(workdir / "team", source),
     }
-    wanted = {"none": [], "imports": ["imports"], "all": list(parts)}[kind]
+    wanted = {"none": [], "imports": ["imports"], "serving": ["serving"], "all": list(parts)}[kind]
     for name in wanted:
         print(f"overhead: {name}", flush=True)
         try:

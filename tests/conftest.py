@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -34,6 +35,22 @@ def clean_month(mirror: Path, month: str):
 
     trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
     return clean_trips(trips, month, project_section("prepare"))[0]
+
+
+def kept_rows(mirror: Path, month: str) -> np.ndarray:
+    """Which raw trips of a month of `mirror` prepare keeps (a boolean mask in file order):
+    the raw rows whose cleaned twins are clean_month's, in the same order."""
+    from stages.prepare import drop_rules, read_trips
+
+    trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
+    trips = trips.assign(
+        duration_minutes=(trips["dropoff_datetime"] - trips["pickup_datetime"]).dt.total_seconds()
+        / 60
+    )
+    rejected = np.zeros(len(trips), dtype=bool)
+    for mask in drop_rules(trips, month, project_section("prepare")).values():
+        rejected |= mask
+    return ~rejected
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from benchmarks.report import exponent
-from tests.conftest import ROOT, run
+import pytest
+
+from benchmarks.report import exponent, serving_markdown
+from tests.conftest import ROOT, SHARED_TLC, run
 
 
 def test_exponent_of_linear_and_quadratic_cost():
@@ -70,3 +73,23 @@ def test_harness_on_sampled_months_writes_results(small_tlc: Path, tmp_path: Pat
     for heading in ("## Targets", "## Ours vs the course's script", "## Model quality at 1x"):
         assert heading in markdown
     assert "| 1x | features + train linear |" in markdown
+
+
+@pytest.mark.slow
+def test_serving_benchmark_on_a_built_project(built: Path, tmp_path: Path):
+    out = tmp_path / "serving.json"
+    cmd = [sys.executable, "-m", "benchmarks.serving", "--tracking-uri"]
+    cmd += [os.environ["MLFLOW_TRACKING_URI"], "--source", str(SHARED_TLC)]
+    cmd += ["--workdir", str(tmp_path / "work"), "--json", str(out)]
+    cmd += ["--single-requests", "10", "--batch-rows", "500", "--batch-repeats", "2"]
+    run(cmd, ROOT, timeout=120)
+
+    result = json.loads(out.read_text())
+    single, batch = result["single"], result["batch"]
+    assert result["model_uri"] == "models:/nyc-taxi-trip-duration-minutes/latest"
+    assert single["requests"] == 10 and 0 < single["p50_ms"] <= single["p99_ms"]
+    assert batch["rows"] == 500 and len(batch["seconds"]) == 2
+    assert batch["best_trips_per_second"] >= batch["median_trips_per_second"] > 0
+    assert batch["max_abs_difference_from_in_process"] <= 1e-9
+    markdown = "\n".join(serving_markdown(result))
+    assert "## Serving" in markdown and "| 500 trips | 2 |" in markdown

@@ -12,7 +12,6 @@ import pytest
 from stages import model as models
 from stages.encoding import UNKNOWN, encode
 from stages.features import fit_encoders, read_zones
-from stages.prepare import drop_rules, read_trips
 from stages.request import (
     PICKUP_COLUMNS,
     TRIP_COLUMNS,
@@ -21,7 +20,7 @@ from stages.request import (
     input_schema,
     trips_from_request,
 )
-from tests.conftest import clean_month, project_section
+from tests.conftest import clean_month, kept_rows, project_section
 
 RAW_COLUMNS = ["lpep_pickup_datetime", "PULocationID", "DOLocationID", "trip_distance"]
 
@@ -41,15 +40,7 @@ def raw(small_tlc: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def kept(raw: pd.DataFrame, small_tlc: Path) -> pd.DataFrame:
     """The raw trips prepare keeps, in file order (their cleaned twins are clean_month's)."""
-    trips = read_trips(small_tlc / "green_tripdata_2025-02.parquet", "green")
-    trips = trips.assign(
-        duration_minutes=(trips["dropoff_datetime"] - trips["pickup_datetime"]).dt.total_seconds()
-        / 60
-    )
-    rejected = np.zeros(len(trips), dtype=bool)
-    for mask in drop_rules(trips, "2025-02", project_section("prepare")).values():
-        rejected |= mask
-    return raw.loc[~rejected].reset_index(drop=True)
+    return raw.loc[kept_rows(small_tlc, "2025-02")].reset_index(drop=True)
 
 
 def test_raw_trips_encode_exactly_as_the_features_stage_does(kept, encoders, small_tlc):
