@@ -2,7 +2,7 @@
 
     python -m benchmarks.serving                      # builds a scratch project (dvc repro)
     python -m benchmarks.serving --tracking-uri sqlite:////work/main/mlflow.db \\
-        --model-uri models:/nyc-taxi-trip-duration-minutes/latest
+        --model-uri models:/nyc-taxi-trip-duration-minutes@champion
 
 The server is the real one (`mlflow models serve --env-manager local`, uvicorn, one worker)
 started outside the project: its working directory is a scratch folder and PYTHONPATH does not
@@ -46,9 +46,11 @@ WARMUP_REQUESTS = 5
 
 
 def registered_model_uri() -> str:
-    """`models:/<model.registered_name>/latest` from the project's params.yaml."""
+    """`models:/<model.registered_name>@champion` from the project's params.yaml."""
+    from registry.champion import CHAMPION
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return f"models:/{params['model']['registered_name']}/latest"
+    return f"models:/{params['model']['registered_name']}@{CHAMPION}"
 
 
 def free_port() -> int:

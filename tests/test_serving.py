@@ -62,8 +62,11 @@ print(json.dumps({
 
 
 def model_uri(repo: Path) -> str:
+    """The champion: what a consumer is told to use (the built project's only version)."""
+    from registry.champion import CHAMPION
+
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    return f"models:/{params['model']['registered_name']}/latest"
+    return f"models:/{params['model']['registered_name']}@{CHAMPION}"
 
 
 def load_in_process(uri: str) -> Any:
