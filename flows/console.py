@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 # Set before Prefect is imported (its logging and settings read them once).
@@ -125,6 +126,24 @@ def quiet_prefect(verbose: bool = False) -> Iterator[None]:
 
 def interrupted() -> None:
     _console().print("[yellow]interrupted[/]: the running stage was stopped, params.yaml kept")
+
+
+def nothing_to_do(workspace: Path, plan: list[dict[str, Any]]) -> int:
+    """A plain run whose DVC plan is all unchanged: the summary, from the files DVC tracks."""
+    from flows.report import metric_rows
+
+    result = {
+        "stages": [{"stage": stage["name"], "status": "skipped"} for stage in plan],
+        "metrics": metric_rows(workspace),
+    }
+    console = _console()
+    console.print(
+        f"nothing to do: DVC finds all {len(plan)} stages of {workspace} unchanged "
+        "(no Prefect run started)"
+    )
+    for line in summary_lines(result, None)[1:-1]:  # not the pointer to this run's artifacts
+        console.print(line)
+    return 0
 
 
 def summary(state: Any, prefect_ui: str | None) -> int:

@@ -5,10 +5,11 @@
     python -m flows.pipeline serve [--cron "0 4 * * 1"]    # a deployment with a retraining schedule
 
 For a plain run DVC is asked what is stale in a child process started before Prefect is
-imported (Prefect's import is the slow part of a no-op run); the answer is the flow's `plan`
-parameter. Without PREFECT_API_URL, a Prefect server is started for the run at the same time
-(flows.local_server). Ctrl-C and SIGTERM stop the running stage and put params.yaml back
-before exiting.
+imported; the answer is the flow's `plan` parameter. Without PREFECT_API_URL, a Prefect
+server is started for the run (flows.local_server), unless DVC's answer is that nothing is
+stale: then the run says so and ends, with neither server nor Prefect (in team mode, where
+every run pushes, the flow always runs). Ctrl-C and SIGTERM stop the running stage and put
+params.yaml back before exiting.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         from workspaces.repro import PlanProcess
 
         early_plan = PlanProcess.start(workspace)
+        if _no_server_and_no_push():
+            # Nothing stale: say so without a Prefect server (starting one is most of a
+            # no-op run's cost). A run that does work still goes through the flow.
+            plan = early_plan.result()
+            if plan is not None and not any(stage["changed"] for stage in plan):
+                from flows import console
+
+                return console.nothing_to_do(workspace, plan)
+            early_plan = _Answered(plan)
     # Without a running server, one for this run, started while Prefect is imported.
     from flows.local_server import server_for_this_run
 
@@ -74,6 +84,26 @@ def main(argv: list[str] | None = None) -> int:
 
         console.interrupted()
         return EXIT_INTERRUPTED
+
+
+def _no_server_and_no_push() -> bool:
+    """Embedded mode: no Prefect server named, no team remote to push to (in team mode every
+    run pushes, so even a no-op goes through the flow)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    from workspaces.remote import team_remote_in
+
+    return not team_remote_in(os.environ)
+
+
+class _Answered:
+    """A plan already read from its PlanProcess."""
+
+    def __init__(self, plan: list[dict[str, Any]] | None) -> None:
+        self._plan = plan
+
+    def result(self) -> list[dict[str, Any]] | None:
+        return self._plan
 
 
 def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, server: Any) -> int:

@@ -371,6 +371,25 @@ def test_experiment_mode_equals_dvc_exp_run(built: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
+def test_a_run_with_nothing_stale_starts_no_server(built: Path, tmp_path: Path) -> None:
+    """The README's main command when DVC finds nothing stale: the summary from the files
+    DVC tracks, and neither a Prefect server nor a flow run; with work to do, the flow runs."""
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    noop = run([sys.executable, "-m", "flows.pipeline"], built, env)
+    assert "nothing to do: DVC finds all 10 stages" in noop.stderr, noop.stderr
+    assert "validation RMSE" in noop.stderr and "Traceback" not in noop.stderr
+    assert not list(home.rglob("*.db")), "a Prefect database was created"
+
+    params = yaml.safe_load((built / "params.yaml").read_text())
+    params["model"]["alpha"] = 0.5
+    (built / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    work = run([sys.executable, "-m", "flows.pipeline"], built, env)
+    assert "2 stage(s) ran, 8 unchanged" in work.stderr, work.stderr
+    assert list(home.rglob("*.db")), "the run that did work left no Prefect record"
+
+
 def test_compare_models_table_has_one_row_per_param_set(built: Path, prefect_harness: None) -> None:
     from flows.compare import compare_models
 
