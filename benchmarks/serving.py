@@ -68,6 +68,9 @@ def outside_environment(tracking_uri: str, base: dict[str, str] | None = None) -
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     env["MLFLOW_TRACKING_URI"] = tracking_uri
+    # mlflow.set_registry_uri (lineage.record.connect) exports this to the environment: one
+    # set earlier in this process for another store must not follow a consumer elsewhere.
+    env.pop("MLFLOW_REGISTRY_URI", None)
     return env
 
 

@@ -102,6 +102,13 @@ def project_env(small_tlc: Path, repo: Path) -> dict[str, str]:
     }
 
 
+def forget_exported_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_registry_uri (called by lineage.record.connect in the test process) exports
+    MLFLOW_REGISTRY_URI; left from an earlier test it would send a consumer started by this
+    one (mlflow.pyfunc.load_model in a subprocess) to that test's store."""
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh git + DVC repository holding this project's pipeline, reading `small_tlc`.
@@ -111,6 +118,7 @@ def project(tmp_path: Path, small_tlc: Path, monkeypatch: pytest.MonkeyPatch) ->
     """
     for name, value in project_env(small_tlc, tmp_path / "repo").items():
         monkeypatch.setenv(name, value)
+    forget_exported_registry(monkeypatch)
     return scratch_project(tmp_path / "repo", os.environ)
 
 
@@ -156,6 +164,7 @@ def built(
     relocate_store(repo / "mlflow.db", built_template, repo)
     for name, value in project_env(small_tlc, repo).items():
         monkeypatch.setenv(name, value)
+    forget_exported_registry(monkeypatch)
     return repo
 
 

@@ -86,7 +86,7 @@ def test_serving_benchmark_on_a_built_project(built: Path, tmp_path: Path):
 
     result = json.loads(out.read_text())
     single, batch = result["single"], result["batch"]
-    assert result["model_uri"] == "models:/nyc-taxi-trip-duration-minutes/latest"
+    assert result["model_uri"] == "models:/nyc-taxi-trip-duration-minutes@champion"
     assert single["requests"] == 10 and 0 < single["p50_ms"] <= single["p99_ms"]
     assert batch["rows"] == 500 and len(batch["seconds"]) == 2
     assert batch["best_trips_per_second"] >= batch["median_trips_per_second"] > 0
