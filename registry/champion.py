@@ -111,8 +111,10 @@ def decision_tags(
     min_improvement: float | None,
     by: str,
     rescored: bool = False,
+    champion_data: str | None = None,
 ) -> dict[str, str]:
-    """The `promotion.*` tags that record a decision on the challenger's version."""
+    """The `promotion.*` tags that record a decision on the challenger's version;
+    `champion_data`: what the champion was evaluated on (its own `validation.data`)."""
     tags = {
         "outcome": decision.outcome,
         "reason": decision.reason,
@@ -128,6 +130,8 @@ def decision_tags(
     if champion is not None:
         tags["champion_version"] = champion.version
         tags["champion_rescored"] = str(rescored).lower()
+        if champion_data:
+            tags["champion_evaluated_on"] = champion_data
         for split in SPLITS:
             if split in champion.rmse:
                 tags[f"champion_{split}_rmse"] = f"{champion.rmse[split]:.6f}"
@@ -233,6 +237,14 @@ def decide_and_record(
             elif current is not None:
                 scores = challenger
             decision = decide(challenger, scores, min_improvement)
+            own_data = current.tags.get(DATA_TAG.format(split="validation")) if current else None
+            if rescored:
+                decision = Decision(
+                    decision.outcome,
+                    f"{decision.reason} (champion v{current.version} re-scored on this "
+                    "version's validation data; it was evaluated on "
+                    f"{own_data or 'unrecorded data'})",
+                )
             again = version_with_alias(client, name, CHAMPION)
             if _number(again) != _number(current):
                 continue  # the champion moved while this one was being compared
@@ -245,6 +257,7 @@ def decide_and_record(
                     min_improvement=min_improvement,
                     by=f"evaluate ({who()})",
                     rescored=rescored,
+                    champion_data=own_data,
                 )
             record_decision(client, name, challenger.version, tags, decision.promote)
             return decision

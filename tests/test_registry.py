@@ -158,6 +158,11 @@ def test_a_champion_on_other_data_is_rescored_on_the_challengers(registry, tmp_p
     tags = registry.get_model_version("m", "3").tags
     assert tags["promotion.champion_rescored"] == "true"
     assert tags["promotion.champion_validation_rmse"] == "4.400000"
+    assert tags["promotion.champion_evaluated_on"] == OTHER
+    assert (
+        f"re-scored on this version's validation data; it was evaluated on {OTHER}"
+        in (tags["promotion.reason"])
+    )
 
 
 def test_a_person_promotes_or_rolls_back_by_hand(registry, tmp_path, capsys):
