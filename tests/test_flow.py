@@ -390,6 +390,7 @@ def test_a_run_with_nothing_stale_starts_no_server(built: Path, tmp_path: Path) 
     assert list(home.rglob("*.db")), "the run that did work left no Prefect record"
 
 
+@pytest.mark.slow
 def test_compare_models_table_has_one_row_per_param_set(built: Path, prefect_harness: None) -> None:
     from flows.compare import compare_models
 
