@@ -277,24 +277,18 @@ def pinned_model_uri(model_uri: str, tracking_uri: str) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from lineage import record
+
     if not model_uri.startswith("models:/"):
         return model_uri
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    reference = model_uri.removeprefix("models:/").rstrip("/")
     try:
-        if "@" in reference:
-            name, alias = reference.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
-        else:
-            name, _, ref = reference.partition("/")
-            if ref.lower() != "latest":
-                return model_uri
-            found = client.search_model_versions(f"name = '{name}'")
-            if not found:
-                raise RuntimeError(f"{model_uri}: no version of {name!r} in {tracking_uri}")
-            version = max(int(v.version) for v in found)
-    except MlflowException as exc:
-        raise RuntimeError(f"{model_uri} in {tracking_uri}: {exc.message}") from None
+        found = record.find_model_version(client, model_uri)
+    except (ValueError, MlflowException) as exc:
+        raise RuntimeError(f"{model_uri} in {tracking_uri}: {exc}") from None
+    if found is None:
+        raise RuntimeError(f"{model_uri}: no such version in {tracking_uri}")
+    name, version = found.name, found.version
     return f"models:/{name}/{version}"
 
 

@@ -67,12 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         if _no_server_and_no_push():
             # Nothing stale: say so without a Prefect server (starting one is most of a
             # no-op run's cost). A run that does work still goes through the flow.
-            plan = early_plan.result()
+            plan = early_plan.result()  # kept: the flow gets the same answer
             if plan is not None and not any(stage["changed"] for stage in plan):
                 from flows import console
 
                 return console.nothing_to_do(workspace, plan)
-            early_plan = _Answered(plan)
     # Without a running server, one for this run, started while Prefect is imported.
     from flows.local_server import server_for_this_run
 
@@ -94,16 +93,6 @@ def _no_server_and_no_push() -> bool:
     from workspaces.remote import team_remote_in
 
     return not team_remote_in(os.environ)
-
-
-class _Answered:
-    """A plan already read from its PlanProcess."""
-
-    def __init__(self, plan: list[dict[str, Any]] | None) -> None:
-        self._plan = plan
-
-    def result(self) -> list[dict[str, Any]] | None:
-        return self._plan
 
 
 def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, server: Any) -> int:

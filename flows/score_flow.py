@@ -31,7 +31,6 @@ from lineage import record
 from stages import request
 from stages.common import (
     BadInputError,
-    EnvironmentRefusal,
     TransientError,
     atomic_path,
     check_month,
@@ -95,29 +94,6 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), TransientError | ConnectionError)
 
 
-def _client() -> Any:
-    try:
-        return record.connect(create=False)
-    except record.TrackingUnavailableError as exc:
-        raise TransientError(str(exc)) from None
-    except record.TrackingStoreError as exc:
-        raise EnvironmentRefusal(str(exc)) from None
-
-
-def _version_of(client: Any, model_uri: str) -> Any:
-    """models:/<name>@<alias> or models:/<name>/<version>."""
-    ref = model_uri.removeprefix("models:/")
-    if ref == model_uri:
-        raise BadInputError(
-            f"--model {model_uri}: expected models:/<name>@<alias> or models:/<name>/<version>"
-        )
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return client.get_model_version_by_alias(name, alias)
-    name, _, number = ref.rpartition("/")
-    return client.get_model_version(name, number)
-
-
 @task(retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS, retry_condition_fn=_transient)
 def fetch_month(month: str, colour: str, trips_url: str) -> dict[str, str]:
     """The month's file from the source, checked like ingest checks it, in data/scoring."""
@@ -141,14 +117,22 @@ def resolve_model(model_uri: str, into: str) -> dict[str, str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = _client()
+    from stages.tracking import connect_store
+
+    client = connect_store(record.tracking_uri())
+    store = f"MLflow at {record.tracking_uri()}"
     try:
-        version = _version_of(client, model_uri)
+        version = record.find_model_version(client, model_uri)
+    except ValueError as exc:
+        raise BadInputError(f"--model {exc}") from None
+    except MlflowException as exc:
+        raise TransientError(f"{store}: {exc.message}") from None
+    if version is None:
+        raise BadInputError(f"--model {model_uri}: no such registered model version")
+    try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=into)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise BadInputError(f"--model {model_uri}: {exc.message}") from None
-        raise TransientError(f"MLflow at {record.tracking_uri()}: {exc.message}") from None
+        raise TransientError(f"{store}: {exc.message}") from None
     model_file = Path(local) / "artifacts" / "model.json"
     md5 = file_md5(model_file)
     # The model file's project name as its train run recorded it (the same bytes).

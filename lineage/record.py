@@ -373,6 +373,33 @@ def versions_of_run(client: Any, model_name: str, run_id: str) -> list[Any]:
     return client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
 
 
+def find_model_version(client: Any, model_uri: str) -> Any | None:
+    """The registered version `models:/<name>/<version>`, `models:/<name>/latest` or
+    `models:/<name>@<alias>` names now; None when there is no such model, version or alias.
+    ValueError for a URI of another form; other store errors propagate."""
+    from mlflow.exceptions import MlflowException
+
+    ref = model_uri.removeprefix("models:/").rstrip("/")
+    name, at, alias = ref.partition("@")
+    if not at:
+        name, _, number = ref.rpartition("/")
+    if ref == model_uri or not name or not (alias if at else number):
+        raise ValueError(
+            f"{model_uri}: expected models:/<name>/<version>, .../latest or models:/<name>@<alias>"
+        )
+    try:
+        if at:
+            return client.get_model_version_by_alias(name, alias)
+        if number.lower() == "latest":
+            versions = client.search_model_versions(f"name = '{name}'")
+            return max(versions, key=lambda v: int(v.version)) if versions else None
+        return client.get_model_version(name, number)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
 def lineage_of_version(tags: Mapping[str, str]) -> dict[str, str]:
     """What makes two model versions the same model: its bytes, the raw files and the
     features it was trained on, the code packaged with it (not the run, the commit or

@@ -114,21 +114,18 @@ class Tracer:
         return node
 
     def resolve_version(self, ref: str) -> Any:
-        """The model version of `models:/<name>/<version|latest>`."""
+        """The model version of `models:/<name>/<version|latest>` or `models:/<name>@<alias>`."""
         from mlflow.exceptions import MlflowException
 
-        name, _, number = ref.removeprefix("models:/").rpartition("/")
-        if not name or not number:
-            raise NotFoundError(f"{ref}: expected models:/<name>/<version> or .../latest")
         try:
-            if number == "latest":
-                versions = self.client.search_model_versions(f"name = '{name}'")
-                if not versions:
-                    raise NotFoundError(f"{ref}: no registered model {name!r} has a version")
-                return max(versions, key=lambda v: int(v.version))
-            return self.client.get_model_version(name, number)
+            version = record.find_model_version(self.client, ref)
+        except ValueError as exc:
+            raise NotFoundError(str(exc)) from None
         except MlflowException:
-            raise NotFoundError(f"{ref}: no such registered model version") from None
+            version = None
+        if version is None:
+            raise NotFoundError(f"{ref}: no such registered model version")
+        return version
 
     def _run(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException

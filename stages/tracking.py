@@ -412,7 +412,7 @@ def stage_run(
     started = time.perf_counter()
     stage = os.environ.get(STAGE_ENV, stage)  # DVC's own address of the stage, when under DVC
     uri = record.tracking_uri()
-    client = _connect(uri)
+    client = connect_store(uri)
     tags = {
         record.STAGE_TAG: stage,
         record.PIPELINE_RUN_TAG: pipeline_run_id(),
@@ -461,7 +461,8 @@ def stage_run(
             raise _as_stage_error(exc, uri, outputs.dir) from None
 
 
-def _connect(uri: str) -> Any:
+def connect_store(uri: str) -> Any:
+    """record.connect, its failures as the errors a stage (or a flow task) reports."""
     try:
         return record.connect(uri)
     except record.TrackingUnavailableError as exc:

@@ -91,33 +91,35 @@ def evaluated(client, version: str, validation: float, data: str = FEB) -> Score
     return ours
 
 
+def decide_on_m(client, challenger: Scores, champion_scores, repo: Path) -> champion.Decision:
+    """evaluate's promotion step on model "m" with a margin of 0.01 minutes."""
+    return champion.decide_and_record(
+        client,
+        "m",
+        challenger,
+        min_improvement=0.01,
+        champion_scores=champion_scores,
+        repo=repo,
+    )
+
+
+def recorded(version):
+    return champion.recorded_scores(version), False
+
+
 def never_rescored(version):
     raise AssertionError(f"v{version.version} has scores on the same data: no rescoring")
 
 
 def test_promotion_moves_the_alias_only_for_a_better_version(registry, tmp_path):
     champion.mark_challenger(registry, "m", "1")
-    first = champion.decide_and_record(
-        registry,
-        "m",
-        evaluated(registry, "1", 4.6),
-        min_improvement=0.01,
-        champion_scores=never_rescored,
-        repo=tmp_path,
-    )
+    first = decide_on_m(registry, evaluated(registry, "1", 4.6), never_rescored, tmp_path)
     assert first.outcome == champion.FIRST
     assert champion.version_with_alias(registry, "m", champion.CHAMPION).version in (1, "1")
     assert champion.version_with_alias(registry, "m", champion.CHALLENGER) is None
 
     champion.mark_challenger(registry, "m", "2")
-    worse = champion.decide_and_record(
-        registry,
-        "m",
-        evaluated(registry, "2", 6.3),
-        min_improvement=0.01,
-        champion_scores=lambda v: (champion.recorded_scores(v), False),
-        repo=tmp_path,
-    )
+    worse = decide_on_m(registry, evaluated(registry, "2", 6.3), recorded, tmp_path)
     assert not worse.promote
     assert str(champion.version_with_alias(registry, "m", champion.CHAMPION).version) == "1"
     assert str(champion.version_with_alias(registry, "m", champion.CHALLENGER).version) == "2"
@@ -125,14 +127,7 @@ def test_promotion_moves_the_alias_only_for_a_better_version(registry, tmp_path)
     assert tags["promotion.outcome"] == "not_promoted"
     assert tags["promotion.champion_validation_rmse"] == "4.600000"
 
-    again = champion.decide_and_record(
-        registry,
-        "m",
-        evaluated(registry, "1", 4.6),
-        min_improvement=0.01,
-        champion_scores=never_rescored,
-        repo=tmp_path,
-    )
+    again = decide_on_m(registry, evaluated(registry, "1", 4.6), never_rescored, tmp_path)
     assert again.outcome == champion.ALREADY
     assert registry.get_model_version("m", "1").tags["promotion.outcome"] == "first_version"
 
@@ -146,14 +141,7 @@ def test_a_champion_on_other_data_is_rescored_on_the_challengers(registry, tmp_p
         asked.append(str(version.version))
         return scores(str(version.version), 4.4), True
 
-    decision = champion.decide_and_record(
-        registry,
-        "m",
-        evaluated(registry, "3", 4.5),
-        min_improvement=0.01,
-        champion_scores=rescored,
-        repo=tmp_path,
-    )
+    decision = decide_on_m(registry, evaluated(registry, "3", 4.5), rescored, tmp_path)
     assert asked == ["1"] and not decision.promote
     tags = registry.get_model_version("m", "3").tags
     assert tags["promotion.champion_rescored"] == "true"

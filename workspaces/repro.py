@@ -103,6 +103,7 @@ class PlanProcess:
     def __init__(self, repo: Path, proc: subprocess.Popen) -> None:
         self.repo = repo
         self._proc = proc
+        self._answer: list[dict[str, Any]] | None = None
 
     @classmethod
     def start(cls, repo: Path) -> PlanProcess:
@@ -117,11 +118,12 @@ class PlanProcess:
 
     def result(self) -> list[dict[str, Any]] | None:
         """The plan as plan_to_json gives it, or None if the child failed (the caller then
-        asks DVC itself)."""
-        out, _ = self._proc.communicate()
-        if self._proc.returncode != 0:
-            return None
-        return json.loads(out)
+        asks DVC itself). Read once; later calls return the same answer."""
+        if self._proc.returncode is None:
+            out, _ = self._proc.communicate()
+            if self._proc.returncode == 0:
+                self._answer = json.loads(out)
+        return self._answer
 
 
 def plan_to_json(plan: list[PlannedStage]) -> list[dict[str, Any]]:
