@@ -124,6 +124,9 @@ class Tracer:
         except MlflowException:
             version = None
         if version is None:
+            name, _, number = ref.removeprefix("models:/").rpartition("/")
+            if number == "latest":
+                raise NotFoundError(f"{ref}: no registered model {name!r} has a version")
             raise NotFoundError(f"{ref}: no such registered model version")
         return version
 
