@@ -6,19 +6,31 @@ TLC_SOURCE ?= $(abspath $(wildcard ../shared/nyc-taxi))
 export TLC_SOURCE
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 
-.PHONY: help env pipeline test test-fast lint bench services services-down services-status
+.PHONY: help env pipeline prefect-status prefect-stop test test-fast lint bench services services-down \
+	services-status
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set (as on CI) nothing is ever cached, and
 # every stage process and `dvc repro` recompiles its imports (no-op repro 1.6 s instead of 0.7 s).
-env: ## install uv if missing, then the locked environment (.venv, from uv.lock)
+# The stamp: `uv sync` checks every installed file (0.5 s) even when nothing changed, so it
+# runs only when uv.lock or pyproject.toml is newer than the last sync (or .venv is new).
+env: .venv/.synced ## install uv if missing, then the locked environment (.venv, from uv.lock)
+
+.venv/.synced: uv.lock pyproject.toml
 	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --quiet --user uv
 	@$(UV) sync --frozen --quiet --compile-bytecode
+	@touch $@
 
 pipeline: env ## run the whole pipeline on the real data (dvc repro: only what changed)
 	$(UV) run --frozen python -m flows.pipeline
+
+prefect-status: ## the Prefect server make pipeline keeps for this project (URL, last run)
+	@$(UV) run --frozen python -m flows.local_server status
+
+prefect-stop: ## stop that server now (it also stops after 30 min without a run)
+	@$(UV) run --frozen python -m flows.local_server stop
 
 test: env ## run every test, the slow end-to-end ones included
 	$(UV) run --frozen pytest -m "slow or not slow" --durations=25

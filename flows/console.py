@@ -197,6 +197,10 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
         lines.append("model: unchanged (the one dvc.lock records)")
     uri = record.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    prefect = prefect_ui or "prefect server start (its UI shows this run)"
+    run_id = result.get("pipeline_run_id")
+    if prefect_ui and run_id:
+        prefect = f"{prefect_ui}/runs/flow-run/{run_id}"
+    else:
+        prefect = prefect_ui or "prefect server start (its UI shows this run)"
     lines.append(f"look: {mlflow_ui} · {prefect} · artifact pipeline-report")
     return lines

@@ -8,16 +8,19 @@ For a plain run DVC is asked what is stale in a child process started before Pre
 imported; the answer is the flow's `plan` parameter. Without PREFECT_API_URL, a Prefect
 server is started for the run (flows.local_server), unless DVC's answer is that nothing is
 stale: then the run says so and ends, with neither server nor Prefect (in team mode, where
-every run pushes, the flow always runs). Ctrl-C and SIGTERM stop the running stage and put
-params.yaml back before exiting.
+every run pushes, the flow always runs). The server is kept for the next runs (stopped when
+idle, or by `python -m flows.local_server stop`); `serve` has one of its own for its life.
+Ctrl-C and SIGTERM stop the running stage and put params.yaml back before exiting.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,23 +62,25 @@ def main(argv: list[str] | None = None) -> int:
         parameters |= {"overrides": overrides_of(args.overrides), "experiment_name": args.name}
     # SIGTERM unwinds like Ctrl-C: the flow stops its stage and restores params.yaml.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    early_plan = None
+    early_plan = server = None
     if args.command == "run" and "overrides" not in parameters:
         from workspaces.repro import PlanProcess
 
         early_plan = PlanProcess.start(workspace)
         if _no_server_and_no_push():
-            # Nothing stale: say so without a Prefect server (starting one is most of a
-            # no-op run's cost). A run that does work still goes through the flow.
+            server = _kept_server_with_prefect_importing(workspace, args.verbose)
+            # Nothing stale: say so without starting a Prefect server (most of a no-op run's
+            # cost). A run that does work still goes through the flow.
             plan = early_plan.result()  # kept: the flow gets the same answer
             if plan is not None and not any(stage["changed"] for stage in plan):
                 from flows import console
 
                 return console.nothing_to_do(workspace, plan)
-    # Without a running server, one for this run, started while Prefect is imported.
-    from flows.local_server import server_for_this_run
+    if server is None:
+        # Without a running server, one for this run, started while Prefect is imported.
+        from flows.local_server import server_for_this_run
 
-    server = server_for_this_run()
+        server = server_for_this_run(workspace, keep=args.command == "run")
     try:
         return _run(args, parameters, early_plan, server)
     except KeyboardInterrupt:
@@ -83,6 +88,33 @@ def main(argv: list[str] | None = None) -> int:
 
         console.interrupted()
         return EXIT_INTERRUPTED
+
+
+def _kept_server_with_prefect_importing(workspace: Path, verbose: bool) -> Any:
+    """The project's kept Prefect server if one is running (None otherwise), with Prefect
+    imported in a thread meanwhile: its 1.5-2 s then overlap DVC's plan instead of following
+    it. Without a kept server nothing starts before the plan says there is work."""
+    from flows.local_server import idle_seconds, running_kept_server, server_for_this_run
+
+    if idle_seconds() == 0 or running_kept_server(workspace) is None:
+        return None
+    server = server_for_this_run(workspace)  # the running one: nothing to start
+    from flows import console
+
+    console.prepare_environment(verbose)  # before Prefect reads its settings
+    # A daemon: after a no-op the process exits at once, abandoning the import (the thread
+    # writes nothing and holds no resource; the exit handlers import nothing it imports).
+    threading.Thread(target=_import_prefect, name="import-prefect", daemon=True).start()
+    return server
+
+
+def _import_prefect() -> None:
+    """What a flow run imports first: Prefect, the flow, Prefect's logging setup."""
+    with contextlib.suppress(Exception):  # the main thread's own import reports any error
+        import prefect.logging.configuration
+        import prefect.logging.handlers  # noqa: F401
+
+        import flows.pipeline_flow  # noqa: F401
 
 
 def _no_server_and_no_push() -> bool:
@@ -107,10 +139,14 @@ def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, 
         pipeline.serve(name="retrain", cron=args.cron, parameters=parameters)
         return 0
     with console.quiet_prefect(args.verbose):
-        parameters["plan"] = early_plan.result() if early_plan else None
+        if early_plan is not None:
+            parameters["plan"] = early_plan.result()
+            parameters["dvc_remote"] = early_plan.default_remote()
         state = pipeline(**parameters, return_state=True)
-    running = None if server else os.environ["PREFECT_API_URL"].removesuffix("/api")
-    return console.summary(state, running)
+    # A temporary server's UI is gone after the run; a kept or named one shows it.
+    temporary = server is not None and not server.kept
+    ui = None if temporary else os.environ["PREFECT_API_URL"].removesuffix("/api")
+    return console.summary(state, ui)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def pipeline(
     overrides: dict[str, Any] | None = None,
     experiment_name: str | None = None,
     plan: list[dict[str, Any]] | None = None,
+    dvc_remote: str | None = None,
     retries: int = RETRIES,
     retry_delay_seconds: float = RETRY_DELAY_SECONDS,
     retry_jitter_factor: float = RETRY_JITTER_FACTOR,
@@ -159,6 +160,8 @@ def pipeline(
     Overrides (`{"model.alpha": 0.05}`) are validated, then written to params.yaml by the code
     `dvc exp run -S` uses, so both paths train on the same params. `plan`: DVC's verdict on
     what is stale, when the caller already asked (repro.plan_to_json); ignored with overrides.
+    `dvc_remote`: the workspace's default DVC remote the caller found with the plan ("" for
+    none: then nothing is pushed outside team mode); None: the push task asks DVC.
     On any failure or interrupt the running stage is stopped first, then params.yaml is put
     back as it was.
     """
@@ -175,6 +178,7 @@ def pipeline(
         original_params = params_file.read_bytes()
         outcomes = []
         saved = None
+        reader = None
         pushed: dict[str, Any] = {"status": "skipped", "remote": None}
         try:
             if overrides:
@@ -182,7 +186,10 @@ def pipeline(
             stages = repro.plan_from_json(plan) if plan and not experiment else None
             name = (experiment_name or f"flow-{flow_run.name}") if experiment else None
             ran: set[str] = set()
-            for stage in stages or repro.stage_plan(repo):
+            planned = stages or repro.stage_plan(repo)
+            if experiment or any(stage.changed for stage in planned):
+                reader = report.RecordReader(repo)  # opened while the stages run
+            for stage in planned:
                 unchanged = not stage.changed and not stage.upstream & ran
                 state = runner(
                     stage.name,
@@ -200,7 +207,10 @@ def pipeline(
             if name:
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)
-            if ran or team_remote_in(os.environ):
+            team = team_remote_in(os.environ)
+            if dvc_remote == "" and not team and ran:
+                get_run_logger().info("no DVC remote: nothing pushed")
+            elif ran or team:
                 # In team mode every run pushes (a no-op when the bucket has everything), so
                 # the outputs of a run whose push failed for good reach the team next time.
                 pushed = push_outputs.with_options(retries=retries)(
@@ -215,7 +225,7 @@ def pipeline(
                     f" after stopping {stopped} running stage(s)" if stopped else "",
                 )
             raise
-    summary = report.publish(repo, outcomes, run_id, saved)
+    summary = report.publish(repo, outcomes, run_id, saved, reader)
     return {
         "pipeline_run_id": run_id,
         "stages": outcomes,

@@ -6,6 +6,7 @@ Read from the files DVC tracks (metrics/, dvc.lock) and, when there is one, the 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +65,50 @@ def data_hashes(repo: Path) -> list[dict[str, str]]:
     ]
 
 
-def mlflow_summary(repo: Path, pipeline_run_id: str, model_md5: str) -> dict[str, Any] | None:
+class RecordReader:
+    """The MLflow client the report reads with, opened in a thread while the stages run:
+    importing MLflow and its store's schema check take 2-3 s, which the flow process would
+    otherwise add after the last stage (it only waits on stage processes meanwhile). A
+    SQLite store that does not exist yet (the first run creates it) is opened afterwards."""
+
+    def __init__(self, repo: Path) -> None:
+        self.uri = record.tracking_uri(repo)
+        self._client: Any = None
+        self._error: Exception | None = None
+        # Not a daemon: the interpreter never exits in the middle of this thread's imports.
+        self._thread = threading.Thread(target=self._open, name="report-mlflow-client")
+        self._thread.start()
+
+    def _open(self) -> None:
+        try:
+            import mlflow  # noqa: F401 - most of the cost, and safe before the store exists
+
+            path = record.sqlite_path(self.uri)
+            if path is None or path.is_file():
+                self._client = record.connect(self.uri, create=False)
+        except Exception as exc:  # reported when the client is asked for
+            self._error = exc
+
+    def client(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._client or record.connect(self.uri, create=False)
+
+
+def mlflow_summary(
+    repo: Path, pipeline_run_id: str, model_md5: str, reader: RecordReader | None = None
+) -> dict[str, Any] | None:
     """This execution's stage runs and model version in MLflow; None when there is no record.
 
     When DVC skipped train, no run of this execution holds the model: the run that produced
     the model's bytes (its `out/` tag) is reported instead. The version before it is given
     with its evaluation tags, for the summary's comparison.
     """
-    uri = record.tracking_uri(repo)
+    reader = reader or RecordReader(repo)
+    uri = reader.uri
     try:
-        client = record.connect(uri, create=False)
+        client = reader.client()
         experiment_id = record.experiment_id(client)
         if experiment_id is None:
             return None
@@ -182,9 +217,14 @@ def render_markdown(
 
 
 def publish(
-    repo: Path, outcomes: list[dict[str, Any]], pipeline_run_id: str, experiment: str | None
+    repo: Path,
+    outcomes: list[dict[str, Any]],
+    pipeline_run_id: str,
+    experiment: str | None,
+    reader: RecordReader | None = None,
 ) -> dict[str, Any]:
-    """Create the markdown and table artifacts; return what they show."""
+    """Create the markdown and table artifacts; return what they show. `reader`: the MLflow
+    client opened while the stages ran, if the flow started one."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     hashes = data_hashes(repo)
@@ -195,7 +235,7 @@ def publish(
         "quality": quality_rows(repo),
         "metrics": metric_rows(repo),
         "hashes": hashes,
-        "mlflow": mlflow_summary(repo, pipeline_run_id, model_md5) if ran else None,
+        "mlflow": mlflow_summary(repo, pipeline_run_id, model_md5, reader) if ran else None,
     }
     markdown = render_markdown(
         outcomes=outcomes,

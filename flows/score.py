@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 SCORE_CRON = "0 6 * * *"
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flows.local_server import server_for_this_run
 
-    server = server_for_this_run()
+    server = server_for_this_run(Path.cwd(), keep=args.command == "run")
     from flows import console
 
     console.prepare_environment(args.verbose)

@@ -102,6 +102,15 @@ def project_env(small_tlc: Path, repo: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def temporary_prefect_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command-line run under test gets a temporary Prefect server, never one kept for the
+    project that would outlive the test (the kept server's own tests set an idle time)."""
+    from flows.local_server import IDLE_ENV
+
+    monkeypatch.setenv(IDLE_ENV, "0")
+
+
 def forget_exported_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow.set_registry_uri (called by lineage.record.connect in the test process) exports
     MLFLOW_REGISTRY_URI; left from an earlier test it would send a consumer started by this

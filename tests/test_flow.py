@@ -181,7 +181,9 @@ def test_flow_runs_the_pipeline_then_shows_skips(project: Path, prefect_harness:
     # The command line's early plan (a child process) is DVC's in-process verdict.
     plan = repro.stage_plan(project)
     assert [p.name for p in plan] == STAGES and all(p.changed for p in plan)
-    assert repro.PlanProcess.start(project).result() == repro.plan_to_json(plan)
+    early = repro.PlanProcess.start(project)
+    assert early.result() == repro.plan_to_json(plan)
+    assert early.default_remote() == ""  # a scratch project has no DVC remote
 
     first = pipeline(workspace=str(project), retry_delay_seconds=1)
     assert [o["stage"] for o in first["stages"]] == STAGES
@@ -373,21 +375,44 @@ def test_experiment_mode_equals_dvc_exp_run(built: Path, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_a_run_with_nothing_stale_starts_no_server(built: Path, tmp_path: Path) -> None:
     """The README's main command when DVC finds nothing stale: the summary from the files
-    DVC tracks, and neither a Prefect server nor a flow run; with work to do, the flow runs."""
+    DVC tracks, and neither a Prefect server nor a flow run; with work to do, the flow runs
+    on the project's kept server, which the next run uses and `stop` stops."""
+    from flows import local_server
+
     home = tmp_path / "prefect-home"
-    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env = {**os.environ, "PREFECT_HOME": str(home), local_server.IDLE_ENV: "5"}
     env.pop("PREFECT_API_URL", None)
     noop = run([sys.executable, "-m", "flows.pipeline"], built, env)
     assert "nothing to do: DVC finds all 10 stages" in noop.stderr, noop.stderr
     assert "validation RMSE" in noop.stderr and "Traceback" not in noop.stderr
     assert not list(home.rglob("*.db")), "a Prefect database was created"
+    assert local_server.running_kept_server(built) is None
 
-    params = yaml.safe_load((built / "params.yaml").read_text())
-    params["model"]["alpha"] = 0.5
-    (built / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    work = run([sys.executable, "-m", "flows.pipeline"], built, env)
-    assert "2 stage(s) ran, 8 unchanged" in work.stderr, work.stderr
-    assert list(home.rglob("*.db")), "the run that did work left no Prefect record"
+    def run_with_alpha(alpha: float) -> str:
+        params = yaml.safe_load((built / "params.yaml").read_text())
+        params["model"]["alpha"] = alpha
+        (built / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        work = run([sys.executable, "-m", "flows.pipeline"], built, env)
+        assert "2 stage(s) ran, 8 unchanged" in work.stderr, work.stderr
+        return work.stderr
+
+    try:
+        first = run_with_alpha(0.5)
+        assert list(home.rglob("*.db")), "the run that did work left no Prefect record"
+        kept = local_server.running_kept_server(built)
+        assert kept is not None, "no kept server after a run that did work"
+        assert f"{kept.ui}/runs/flow-run/" in first  # the summary links to the run in its UI
+        second = run_with_alpha(0.6)
+        assert local_server.running_kept_server(built) == kept, "a second server was started"
+        assert f"{kept.ui}/runs/flow-run/" in second
+        status = run([sys.executable, "-m", "flows.local_server", "status"], built, env)
+        assert f"kept Prefect server {kept.ui}: answers" in status.stdout
+    finally:
+        stopped = run([sys.executable, "-m", "flows.local_server", "stop"], built, env)
+    assert "stopped the kept Prefect server" in stopped.stdout, stopped.stdout
+    assert not running(kept.pid)
+    status = run([sys.executable, "-m", "flows.local_server", "status"], built, env, check=False)
+    assert status.returncode == 3 and "no kept Prefect server" in status.stdout
 
 
 @pytest.mark.slow
