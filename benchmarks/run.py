@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import course, overhead, report, serving
+from benchmarks import course, first_run, overhead, report, serving
 from benchmarks.scaled_data import write_scaled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,6 +180,7 @@ def overheads(kind: str, workdir: Path, source: Path) -> dict[str, Any]:
         ),
         "serving": lambda: serving_costs(workdir, source),
         "server": lambda: overhead.server_record(workdir / "team", source),
+        "first_run": lambda: first_run.first_run(workdir / "first-run", source),
     }
     wanted = {"none": [], "imports": ["imports"], "serving": ["serving"], "all": list(parts)}[kind]
     for name in wanted:
