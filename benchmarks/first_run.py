@@ -53,7 +53,12 @@ def new_user_env(workdir: Path, tlc_source: Path) -> dict[str, str]:
         env["PYENV_ROOT"] = str(Path.home() / ".pyenv")  # pyenv's shims look under HOME
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL", "PREFECT_HOME"):
         env.pop(name, None)
-    path = [p for p in env.get("PATH", "").split(os.pathsep) if not (Path(p) / "uv").exists()]
+    # Neither uv nor a virtual environment (this one's `python3` refuses `pip install --user`).
+    path = [
+        p
+        for p in env.get("PATH", "").split(os.pathsep)
+        if not (Path(p) / "uv").exists() and not (Path(p).parent / "pyvenv.cfg").exists()
+    ]
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     env |= {
