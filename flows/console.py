@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,20 @@ class _WithoutTraceback(logging.Formatter):
             record.exc_info, record.exc_text = saved
 
 
-def _console_without_tracebacks() -> None:
+_QUIETED: list[bool] = []  # Prefect's logging set up and quieted once per process
+_QUIETING = threading.Lock()
+
+
+def console_without_tracebacks() -> None:
+    """Prefect's logging set up, its console handlers without tracebacks (once; the command
+    line may do it ahead, in the thread that imports Prefect)."""
+    with _QUIETING:
+        if not _QUIETED:
+            _quiet_prefect_console()
+            _QUIETED.append(True)
+
+
+def _quiet_prefect_console() -> None:
     from prefect.logging.configuration import setup_logging
     from prefect.logging.handlers import PrefectConsoleHandler
 
@@ -112,7 +126,7 @@ def quiet_prefect(verbose: bool = False) -> Iterator[None]:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     if not verbose:
-        _console_without_tracebacks()
+        console_without_tracebacks()
     progress = StageProgress()
     logger = logging.getLogger("prefect.task_runs")
     logger.addHandler(progress)

@@ -104,17 +104,20 @@ def _kept_server_with_prefect_importing(workspace: Path, verbose: bool) -> Any:
     console.prepare_environment(verbose)  # before Prefect reads its settings
     # A daemon: after a no-op the process exits at once, abandoning the import (the thread
     # writes nothing and holds no resource; the exit handlers import nothing it imports).
-    threading.Thread(target=_import_prefect, name="import-prefect", daemon=True).start()
+    threading.Thread(
+        target=_import_prefect, args=(verbose,), name="import-prefect", daemon=True
+    ).start()
     return server
 
 
-def _import_prefect() -> None:
-    """What a flow run imports first: Prefect, the flow, Prefect's logging setup."""
+def _import_prefect(verbose: bool) -> None:
+    """What a flow run does first: import Prefect and the flow, set up Prefect's logging."""
     with contextlib.suppress(Exception):  # the main thread's own import reports any error
-        import prefect.logging.configuration
-        import prefect.logging.handlers  # noqa: F401
-
         import flows.pipeline_flow  # noqa: F401
+        from flows import console
+
+        if not verbose:
+            console.console_without_tracebacks()
 
 
 def _no_server_and_no_push() -> bool:
