@@ -519,7 +519,7 @@ def test_interrupts_and_a_second_run_never_leave_wrong_data(built: Path, tmp_pat
             os.kill(flow.pid, sig)  # `kill <pid>`: the flow process alone
         _, stderr = flow.communicate(timeout=60)
         assert time.monotonic() - signalled < 30, stderr
-        assert flow.returncode != 0
+        assert flow.returncode != 0, (signal.Signals(sig).name, stderr)
         assert "Traceback" not in stderr, stderr
         # Nothing of the run lives on: the stage, dvc, Prefect's temporary server.
         time.sleep(0.5)
