@@ -110,7 +110,8 @@ def summary(result: dict[str, Any]) -> str:
     lines = [
         f"study {result['study']} ({result['storage']}): {sum(result['trials'].values())} trials "
         f"({states}); this run added {result['trials_this_run']} in {result['seconds']} s, "
-        f"overhead {result['overhead_per_trial_seconds']:.3f} s per trial",
+        f"overhead {result['overhead_per_trial_seconds']:.3f} s per trial (pruning reports "
+        f"during fits: {result['pruning_per_trial_seconds']:.3f} s)",
         f"best: trial {best['trial']}, validation RMSE {best['validation_rmse']:.4f} min: "
         + ", ".join(f"{k}={v}" for k, v in best["params"].items()),
     ]

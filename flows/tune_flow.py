@@ -118,7 +118,9 @@ def tune(
         best = study.best_trial
         overrides = searching.spaces.overrides(model_type, p.space, best.params)
         ran = sum(c["trials"] for c in costs)
-        overhead = sum(c["wall_seconds"] - c["fit_seconds"] for c in costs) / max(ran, 1)
+        rest = sum(c["wall_seconds"] - c["fit_seconds"] - c["pruning_seconds"] for c in costs)
+        overhead = rest / max(ran, 1)
+        pruning = sum(c["pruning_seconds"] for c in costs) / max(ran, 1)
         logger.info(
             "study %s: best trial %d, validation RMSE %.4f: %s",
             p.name, best.number, best.value, overrides,
@@ -153,6 +155,7 @@ def tune(
         "trials_this_run": ran,
         "seconds": round(seconds, 1),
         "overhead_per_trial_seconds": round(overhead, 4),
+        "pruning_per_trial_seconds": round(pruning, 4),
         "costs": costs,
         "best": {"trial": best.number, "validation_rmse": best.value, "params": overrides},
         "winner": winner_row,

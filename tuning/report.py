@@ -20,13 +20,17 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             if t.datetime_complete and t.datetime_start
             else None
         )
-        last_step = max(t.intermediate_values) if t.intermediate_values else None
+        # Optuna gives a pruned trial the last value it reported: an RMSE at some round, not
+        # the model's, so it gets a column of its own.
+        pruned = t.state.name == "PRUNED" and bool(t.intermediate_values)
+        last_step = max(t.intermediate_values) if pruned else None
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "validation_rmse": round(t.value, 6) if t.value is not None else None,
-                "pruned_at_round": last_step if t.state.name == "PRUNED" else None,
+                "validation_rmse": round(t.value, 6) if t.state.name == "COMPLETE" else None,
+                "pruned_at_round": last_step,
+                "rmse_at_pruning": round(t.intermediate_values[last_step], 6) if pruned else None,
                 "seconds": seconds,
                 **{name: _short(value) for name, value in sorted(t.params.items())},
             }
