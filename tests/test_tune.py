@@ -6,12 +6,16 @@ shares; a trial on real features; and (slow) a small study end to end on a scrat
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from stages.common import BadInputError, parse_section
-from tests.conftest import PROJECT_PARAMS, project_section
+from tests.conftest import PROJECT_PARAMS, project_section, run
 from tuning import space as spaces
 from workspaces.experiments import apply_overrides
 
@@ -160,3 +164,137 @@ def test_with_values_sets_the_type_and_validates():
     assert (params.type, params.alpha) == ("ridge", 0.25)
     with pytest.raises(BadInputError, match="not a valid model.alpha"):
         spaces.with_values(project_section("model"), "ridge", space, {"alpha": -1.0})
+
+
+# --------------------------------------------------------------------------- storage, report
+
+
+def test_storage_is_beside_the_mlflow_store_unless_named(tmp_path, monkeypatch):
+    from tuning import trials
+
+    monkeypatch.delenv(trials.STORAGE_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    assert trials.storage_url(tmp_path) == f"sqlite:///{tmp_path / 'store' / 'optuna.db'}"
+    team = "postgresql+psycopg2://optuna:s3cret@127.0.0.1:15432/optuna"
+    monkeypatch.setenv(trials.STORAGE_ENV, team)
+    assert trials.storage_url(tmp_path) == team
+    shown = trials.redacted(team)
+    assert "s3cret" not in shown and "127.0.0.1:15432/optuna" in shown
+
+
+def test_report_rows_and_markdown_from_a_study():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", sampler=optuna.samplers.TPESampler(seed=1))
+    space = spaces.search_space(project_section("tune"), project_section("model"), "ridge")
+
+    def objective(trial):
+        alpha = spaces.suggest(trial, space)["alpha"]
+        if trial.number == 1:
+            trial.report(9.0, 10)
+            raise optuna.TrialPruned()
+        return 4.5 + abs(alpha - 1)
+
+    study.optimize(objective, n_trials=3)
+    from tuning import report
+
+    rows = report.trial_rows(study)
+    assert [r["state"] for r in rows] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert rows[1]["pruned_at_round"] == 10 and rows[1]["rmse_at_pruning"] == 9.0
+    assert rows[1]["validation_rmse"] is None
+    overrides = spaces.overrides("ridge", space, study.best_params)
+    text = report.best_markdown(study, overrides, None)
+    assert f"-S model.alpha={overrides['model.alpha']!r}" in text
+    assert "2 complete, 1 pruned" in text
+
+
+# --------------------------------------------------------------------------- slow: end to end
+
+
+def tune_cli(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m flows.tune` in the project, with its own temporary Prefect server."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+    return run([sys.executable, "-m", "flows.tune", *args], repo, env, check=check, timeout=900)
+
+
+def study_runs(repo: Path, name: str) -> tuple[object, list[object]]:
+    """The study's MLflow parent run and its child runs."""
+    from lineage import record
+
+    client = record.connect(f"sqlite:///{repo / 'mlflow.db'}", create=False)
+    experiment = record.experiment_id(client)
+    parents = client.search_runs(
+        [experiment], f"tags.`tune.study` = '{name}' and tags.`tune.role` = 'study'"
+    )
+    assert len(parents) == 1
+    children = client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'", max_results=500
+    )
+    return parents[0], children
+
+
+@pytest.mark.slow
+def test_bad_input_is_refused_before_any_trial(built):
+    proc = tune_cli(built, "--model-type", "ridge", "--trials", "0", check=False)
+    assert proc.returncode == 65
+    assert "--trials 0: expected at least 1 trial" in proc.stderr
+    params = yaml.safe_load((built / "params.yaml").read_text())
+    params["tune"]["xgboost"]["max_depth"] = {"low": 12, "high": 3}
+    (built / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = tune_cli(built, "--model-type", "xgboost", "--trials", "5", check=False)
+    assert proc.returncode == 65
+    assert "tune.xgboost.max_depth: low 12 > high 3" in proc.stderr
+    assert not (built / "optuna.db").exists()  # no study was opened
+
+
+@pytest.mark.slow
+def test_a_small_study_its_winner_and_a_second_process_joining(built):
+    """3 ridge trials by 2 worker processes: 3 child runs, the winner a DVC experiment and a
+    registered version traced to the raw months; a second process adds 2 trials to the study."""
+    import dvc.api
+
+    from lineage import record
+    from tuning import trials
+
+    proc = tune_cli(
+        built, "--model-type", "ridge", "--trials", "3", "--workers", "2", "--name", "t"
+    )
+    assert "winner: DVC experiment t-trial-" in proc.stdout, proc.stdout + proc.stderr
+    parent, children = study_runs(built, "t")
+    assert len(children) == 3
+    locked = record.locked_outputs(record.read_lock(built / "dvc.lock"))
+    for child in children:
+        assert child.data.tags[trials.STATE_TAG] == "COMPLETE"
+        assert child.data.metrics["fit_seconds"] > 0
+        inputs = record.tagged_files(child.data.tags, record.INPUT)
+        assert inputs and all(locked[path] == md5 for path, md5 in inputs.items())
+    best = min(children, key=lambda c: c.data.metrics["validation_rmse"])
+    experiment = parent.data.tags["dvc_exp_name"]
+    assert experiment == f"t-trial-{best.data.tags[trials.TRIAL_TAG]}"
+    assert parent.data.metrics["winner_validation_rmse"] == best.data.metrics["validation_rmse"]
+    names = {row["Experiment"] for row in dvc.api.exp_show(repo=str(built))}
+    assert experiment in names
+    version = parent.data.tags[record.MODEL_VERSION_TAG]
+    trace = run(
+        [sys.executable, "-m", "lineage", f"models:/nyc-taxi-trip-duration-minutes/{version}"],
+        built,
+    )
+    for month in ("2025-01", "2025-02", "2025-03"):
+        assert f"green_tripdata_{month}.parquet" in trace.stdout
+    artifacts = {
+        Path(a.path).name
+        for a in record.connect(f"sqlite:///{built / 'mlflow.db'}", create=False).list_artifacts(
+            parent.info.run_id, "optuna"
+        )
+    }
+    assert "optimization_history.png" in artifacts
+
+    # A second process joins the same study and adds to it, under the same parent run.
+    proc = tune_cli(built, "--model-type", "ridge", "--trials", "2", "--name", "t", "--no-winner")
+    assert "5 trials" in proc.stdout, proc.stdout + proc.stderr
+    assert len(study_runs(built, "t")[1]) == 5
+    # ... and one of another model type is refused, naming the study's own.
+    proc = tune_cli(built, "--model-type", "lasso", "--trials", "1", "--name", "t", check=False)
+    assert proc.returncode == 65 and "searches ridge, not lasso" in proc.stderr
