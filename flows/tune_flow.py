@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tuning import search as searching
+from tuning import space as spaces
 
 WORKER_STOP_SECONDS = 10.0
 
@@ -33,7 +34,7 @@ def search(
     logger = get_run_logger()
     p = searching.plan(Path(workspace), model_type, trials, timeout=timeout, name=name)
     threads = max(1, p.params["base"].threads // workers)
-    shares = searching.spaces.shares(trials, workers)
+    shares = spaces.shares(trials, workers)
     started = []
     try:
         for worker in range(1, workers):
@@ -116,7 +117,7 @@ def tune(
         if not by_state.get("COMPLETE"):
             raise RuntimeError(f"study {p.name}: no trial completed ({by_state})")
         best = study.best_trial
-        overrides = searching.spaces.overrides(model_type, p.space, best.params)
+        overrides = spaces.overrides(model_type, p.space, best.params)
         ran = sum(c["trials"] for c in costs)
         rest = sum(c["wall_seconds"] - c["fit_seconds"] - c["pruning_seconds"] for c in costs)
         overhead = rest / max(ran, 1)
@@ -125,10 +126,10 @@ def tune(
             "study %s: best trial %d, validation RMSE %.4f: %s",
             p.name, best.number, best.value, overrides,
         )  # fmt: skip
-        winner_row = _run_winner(repo, p.name, best.number, overrides, retries) if winner else None
         create_table_artifact(
             report.trial_rows(study), key="tune-trials", description=f"Trials of {p.name}"
         )
+        winner_row = _run_winner(repo, p.name, best.number, overrides, retries) if winner else None
         create_markdown_artifact(
             report.best_markdown(study, overrides, winner_row),
             key="tune-best-params",

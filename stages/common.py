@@ -153,6 +153,8 @@ class XGBoostParams(_Section):
     subsample: float = Field(gt=0, le=1)
     colsample_bytree: float = Field(gt=0, le=1)
     max_cat_to_onehot: int = Field(ge=1)
+    reg_lambda: float = Field(ge=0)  # L2 on leaf weights (XGBoost's `lambda`)
+    gamma: float = Field(ge=0)  # the loss reduction a split must make
 
 
 class ModelParams(_Section):

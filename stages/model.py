@@ -315,6 +315,8 @@ def fit(
             "subsample": xp.subsample,
             "colsample_bytree": xp.colsample_bytree,
             "max_cat_to_onehot": xp.max_cat_to_onehot,
+            "reg_lambda": xp.reg_lambda,
+            "gamma": xp.gamma,
             "seed": seed,
             "nthread": threads,
         }

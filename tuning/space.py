@@ -109,7 +109,7 @@ def overrides(model_type: str, space: list[SearchParam], values: dict[str, Any])
     """The params as `dvc exp run -S` takes them: `{"model.type": "xgboost",
     "model.xgboost.max_depth": 7, ...}` (floats keep every digit: workspaces.experiments
     writes them with repr, so the winner trains on exactly the trial's values)."""
-    return {"model.type": model_type} | {p.key: values[p.name] for p in space}
+    return {"model.type": model_type} | {p.key: values[p.name] for p in space if p.name in values}
 
 
 def check_run(trials: int, timeout: float | None, workers: int) -> None:
