@@ -196,7 +196,7 @@ def _record_parent(
 ) -> None:
     """The study's result on its parent run: the best trial and params, the winner's DVC
     experiment and model version (the tags the stage runs use), the plots."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, RunTag
 
     from lineage import record
     from stages.tracking import EXPERIMENT_TAGS
@@ -214,10 +214,13 @@ def _record_parent(
         }
         metrics |= {"winner_validation_rmse": winner["validation_rmse"]}
         metrics |= {"winner_test_rmse": winner["test_rmse"]}
+    # Tags and metrics, not params: a resumed study's best changes, and MLflow refuses a
+    # param a second value; each metric's step is the study's number of trials.
+    tags |= {f"best.{k}": str(v) for k, v in overrides.items()}
+    step = len(study.trials)
     client.log_batch(
         run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-        params=[Param(f"best.{k}", str(v)) for k, v in overrides.items()],
+        metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
     with tempfile.TemporaryDirectory() as tmp:
