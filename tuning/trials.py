@@ -189,8 +189,9 @@ def load_features(repo: Path) -> Features:
 class Recorder:
     """Writes each trial as an MLflow child run of the study's parent run.
 
-    In a thread of its own: the three calls to the store (50-100 ms on SQLite) overlap the
-    next trial's fit instead of adding to every trial. `flush()` waits for all of them and
+    In a thread of its own, started when the next trial's fit starts (`during_fit`): the
+    three calls to the store (50-100 ms on SQLite) then overlap a fit that releases the GIL,
+    not the next trial's sampling. `flush()` writes what is left, waits for all of them and
     raises the first error; the times recorded are the trial's own, not the queue's.
     """
 
@@ -199,15 +200,21 @@ class Recorder:
     parent_run_id: str
     study: str
     inputs: dict[str, str]  # the feature files' md5, as `in/<path>` tags (lineage.record)
+    waiting: list[dict[str, Any]] = field(default_factory=list)
     pending: list[Future] = field(default_factory=list)
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="trial-record")
     )
 
     def submit(self, number: int, **record: Any) -> None:
-        self.pending.append(self.executor.submit(self.trial, number, ended=time.time(), **record))
+        self.waiting.append({"number": number, "ended": time.time(), **record})
+
+    def during_fit(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        self.pending += [self.executor.submit(self.trial, **record) for record in waiting]
 
     def flush(self) -> None:
+        self.during_fit()
         futures, self.pending = self.pending, []
         for future in futures:
             future.result()
@@ -313,6 +320,7 @@ class Objective:
         callbacks = []
         if self.model_type == "xgboost":
             callbacks = [pruning_callback(trial, self.interval_rounds, steps)]
+        self.recorder.during_fit()
         fit_started = time.perf_counter()
         state, metrics = "FAIL", {}
         try:
