@@ -6,6 +6,7 @@ shares; a trial on real features; and (slow) a small study end to end on a scrat
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -298,3 +299,26 @@ def test_a_small_study_its_winner_and_a_second_process_joining(built):
     # ... and one of another model type is refused, naming the study's own.
     proc = tune_cli(built, "--model-type", "lasso", "--trials", "1", "--name", "t", check=False)
     assert proc.returncode == 65 and "searches ridge, not lasso" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_flow_publishes_the_trials_table_and_the_best_params(built, monkeypatch):
+    """In process, on a Prefect test server: the artifacts a person reads in the UI."""
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.tune_flow import tune
+    from tests.test_flow import artifacts
+
+    with prefect_test_harness(server_startup_timeout=180):
+        state = tune(
+            workspace=str(built), model_type="ridge", trials=2, name="a", winner=False,
+            return_state=True,
+        )  # fmt: skip
+        assert state.is_completed(), state.message
+        found = artifacts(str(state.state_details.flow_run_id))
+    assert {"tune-trials", "tune-best-params"} <= set(found)
+    rows = json.loads(found["tune-trials"].data)
+    assert [row["trial"] for row in rows] == [0, 1]
+    assert all(row["state"] == "COMPLETE" and row["alpha"] > 0 for row in rows)
+    assert "-S model.type=ridge -S model.alpha=" in found["tune-best-params"].data
