@@ -24,8 +24,8 @@ and possibly the best, differ between runs; every trial's params and value are s
 winner itself is reproducible as its DVC experiment. Each worker fits with
 base.threads / workers threads (2 cores: 1 each).
 
-Exit status: 0 done; 65 bad input (named, before any trial); 75 the store did not answer;
-130 interrupted; 1 otherwise.
+Exit status: 0 done; 65 bad input (named, before any trial); 75 the MLflow store did not
+answer; 130 interrupted; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         print(f"tune failed: {error}", file=sys.stderr)  # noqa: T201
+        from lineage.record import TrackingUnavailableError
+
+        if isinstance(error, TrackingUnavailableError):
+            return console.EXIT_TRANSIENT
         return console.EXIT_BAD_INPUT if isinstance(error, BadInputError) else console.EXIT_FAILED
     print(summary(state.result()))  # noqa: T201 - the summary a person reads
     return 0

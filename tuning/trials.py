@@ -250,6 +250,7 @@ class Recorder:
         )
         run_id = run.info.run_id
         flat = record.flatten("model", params)
+        metrics = metrics | {"trial_seconds": round(ended - started, 4)}
         self.client.log_batch(
             run_id,
             metrics=[Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
