@@ -153,6 +153,8 @@ class XGBoostParams(_Section):
     subsample: float = Field(gt=0, le=1)
     colsample_bytree: float = Field(gt=0, le=1)
     max_cat_to_onehot: int = Field(ge=1)
+    reg_lambda: float = Field(ge=0)  # L2 on leaf weights (XGBoost's `lambda`)
+    gamma: float = Field(ge=0)  # the loss reduction a split must make
 
 
 class ModelParams(_Section):
@@ -180,6 +182,31 @@ class PromoteParams(_Section):
     min_improvement_minutes: float = Field(ge=0)
 
 
+class SearchRange(_Section):
+    low: float
+    high: float
+    log: bool = False
+
+
+class PrunerParams(_Section):
+    startup_trials: int = Field(ge=0)
+    warmup_rounds: int = Field(ge=0)
+    interval_rounds: int = Field(ge=1)
+
+
+class TuneParams(_Section):
+    """The hyperparameter search (flows.tune): read by no stage, validated with the file so an
+    override of any section sees it. Only the shape is checked here; tuning.space checks the
+    ranges against the model section (a param that exists, low < high, within its bounds)."""
+
+    seed: int = Field(ge=0)
+    metric: Literal["validation_rmse"]
+    pruner: PrunerParams
+    lasso: dict[str, SearchRange] | None = None
+    ridge: dict[str, SearchRange] | None = None
+    xgboost: dict[str, SearchRange] | None = None
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "base": BaseParams,
     "data": DataParams,
@@ -188,6 +215,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "model": ModelParams,
     "evaluate": EvaluateParams,
     "promote": PromoteParams,
+    "tune": TuneParams,
 }
 
 S = TypeVar("S", bound=_Section)

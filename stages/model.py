@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,9 +246,21 @@ def xgb_row_order(features: pd.DataFrame) -> np.ndarray:
 
 
 def fit(
-    features: pd.DataFrame, encoders: dict, params: ModelParams, seed: int, threads: int
+    features: pd.DataFrame,
+    encoders: dict,
+    params: ModelParams,
+    seed: int,
+    threads: int,
+    *,
+    watch: pd.DataFrame | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Fit the model params.type names; return it as a JSON-able document."""
+    """Fit the model params.type names; return it as a JSON-able document.
+
+    XGBoost only: with `watch` (a feature table), its RMSE on those trips is evaluated after
+    every round for `callbacks` (xgboost TrainingCallbacks: the tuner's pruning). Watching
+    does not change the trees; train never passes it.
+    """
     y = features[TARGET].to_numpy(np.float64)
     if params.type in LINEAR_TYPES:
         from threadpoolctl import threadpool_limits
@@ -281,6 +294,17 @@ def fit(
         enable_categorical=True,
         nthread=threads,
     )
+    evals = []
+    if watch is not None:
+        dwatch = xgb.DMatrix(
+            xgb_matrix(watch),
+            label=watch[TARGET].to_numpy(np.float64),
+            feature_names=list(XGB_COLUMNS),
+            feature_types=list(XGB_TYPES),
+            enable_categorical=True,
+            nthread=threads,
+        )
+        evals = [(dwatch, "watch")]
     booster = xgb.train(
         {
             "objective": "reg:squarederror",
@@ -291,11 +315,17 @@ def fit(
             "subsample": xp.subsample,
             "colsample_bytree": xp.colsample_bytree,
             "max_cat_to_onehot": xp.max_cat_to_onehot,
+            "reg_lambda": xp.reg_lambda,
+            "gamma": xp.gamma,
             "seed": seed,
             "nthread": threads,
-        },
+        }
+        | ({"eval_metric": "rmse"} if evals else {}),
         dtrain,
         num_boost_round=xp.n_rounds,
+        evals=evals,
+        callbacks=list(callbacks) or None,
+        verbose_eval=False,
     )
     return {"type": "xgboost", "raw": bytes(booster.save_raw("json"))}
 

@@ -18,6 +18,7 @@ PROJECT_FILES = (
     "flows",
     "lineage",
     "registry",
+    "tuning",
     "workspaces",
     "services",
     "pyproject.toml",

@@ -1,0 +1,1 @@
+"""Hyperparameter search with Optuna over the features the pipeline built (flows.tune)."""
