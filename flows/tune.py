@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows import console
     from flows.local_server import server_for_this_run
 
-    server = server_for_this_run()
+    server = server_for_this_run(workspace)
     console.prepare_environment(args.verbose)
     from flows.tune_flow import tune
 
