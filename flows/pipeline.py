@@ -102,11 +102,9 @@ def _kept_server_with_prefect_importing(workspace: Path, verbose: bool) -> Any:
     from flows import console
 
     console.prepare_environment(verbose)  # before Prefect reads its settings
-    # A daemon: after a no-op the process exits at once, abandoning the import (the thread
-    # writes nothing and holds no resource; the exit handlers import nothing it imports).
-    threading.Thread(
-        target=_import_prefect, args=(verbose,), name="import-prefect", daemon=True
-    ).start()
+    # Not a daemon: after a no-op the interpreter waits for the import to end (a daemon thread
+    # abandoned mid-import at exit aborted the interpreter: SIGABRT, in `make bench`).
+    threading.Thread(target=_import_prefect, args=(verbose,), name="import-prefect").start()
     return server
 
 

@@ -407,6 +407,10 @@ def test_a_run_with_nothing_stale_starts_no_server(built: Path, tmp_path: Path) 
         assert f"{kept.ui}/runs/flow-run/" in second
         status = run([sys.executable, "-m", "flows.local_server", "status"], built, env)
         assert f"kept Prefect server {kept.ui}: answers" in status.stdout
+        # Nothing stale with the kept server running (Prefect imported during the plan).
+        for _ in range(3):
+            noop = run([sys.executable, "-m", "flows.pipeline"], built, env)
+            assert "nothing to do" in noop.stderr and "Fatal" not in noop.stderr, noop.stderr
     finally:
         stopped = run([sys.executable, "-m", "flows.local_server", "stop"], built, env)
     assert "stopped the kept Prefect server" in stopped.stdout, stopped.stdout
