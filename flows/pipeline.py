@@ -50,18 +50,18 @@ def overrides_of(items: list[str]) -> dict[str, Any] | None:
     return {key: value for key, _, value in pairs}
 
 
-def _terminate_as_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     workspace = Path(args.workspace).resolve()
     parameters: dict[str, Any] = {"workspace": str(workspace)}
     if args.overrides or args.name:
         parameters |= {"overrides": overrides_of(args.overrides), "experiment_name": args.name}
-    # SIGTERM unwinds like Ctrl-C: the flow stops its stage and restores params.yaml.
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    # SIGTERM unwinds like Ctrl-C: the flow stops its stage and restores params.yaml; both
+    # are remembered, so the flow also stops when Prefect swallowed the KeyboardInterrupt.
+    from workspaces import repro
+
+    signal.signal(signal.SIGTERM, repro.interrupt)
+    signal.signal(signal.SIGINT, repro.interrupt)
     early_plan = server = None
     if args.command == "run" and "overrides" not in parameters:
         from workspaces.repro import PlanProcess

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,10 @@ def pipeline(
         retry_delay_seconds=retry_delay_seconds,
         retry_jitter_factor=retry_jitter_factor,
     )
+    if repro.handles_interrupts():
+        # The command line's handler over the SIGTERM bridge Prefect installs for a flow run
+        # (restored when the run ends): a `kill` is remembered like a Ctrl-C.
+        signal.signal(signal.SIGTERM, repro.interrupt)
     with workspace_lock(repo, f"flow run {flow_run.name} ({run_id})"):
         params_file = repo / PARAMS_FILE
         original_params = params_file.read_bytes()
@@ -190,6 +195,7 @@ def pipeline(
             if experiment or any(stage.changed for stage in planned):
                 reader = report.RecordReader(repo)  # opened while the stages run
             for stage in planned:
+                repro.check_interrupted()
                 unchanged = not stage.changed and not stage.upstream & ran
                 state = runner(
                     stage.name,
@@ -204,6 +210,7 @@ def pipeline(
                 outcomes.append(outcome)
                 if outcome["status"] == "ran":
                     ran.add(stage.name)
+            repro.check_interrupted()
             if name:
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)

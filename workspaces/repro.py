@@ -204,6 +204,33 @@ def run_command(
     return CommandResult(proc.returncode, lines, timed_out)
 
 
+# Signals the command line received (SIGINT, SIGTERM). Prefect swallows a BaseException that
+# lands while a task run is finishing after its state became final (its engine treats it as
+# "raised after user code finished") and the flow goes on to the next stage: the flow checks
+# this between stages, so an interrupt is never lost.
+_INTERRUPTS: list[int] = []
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """The command lines' SIGINT/SIGTERM handler: remembered, then unwinds like Ctrl-C."""
+    _INTERRUPTS.append(signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt again if the command line was interrupted."""
+    if _INTERRUPTS:
+        raise KeyboardInterrupt(f"signal {_INTERRUPTS[-1]} received")
+
+
+def handles_interrupts() -> bool:
+    """Whether this is the main thread of a process whose SIGINT goes to `interrupt` (a
+    command line installed it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getsignal(signal.SIGINT) is interrupt
+
+
 # Stage process groups running now, in any thread: stop_all() ends them from a signal handler
 # or cleanup code that runs in another thread than the one waiting for them.
 _RUNNING: set[subprocess.Popen] = set()
