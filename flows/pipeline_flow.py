@@ -20,6 +20,7 @@ from prefect.states import Completed
 
 from flows import report
 from flows.console import STAGE_EVENT
+from lineage import record
 from lineage.record import PIPELINE_RUN_ENV
 from stages.common import BAD_INPUT_PREFIX, IO_PREFIX, TRANSIENT_PREFIX
 from workspaces import experiments, repro
@@ -179,8 +180,9 @@ def pipeline(
         # (restored when the run ends): a `kill` is remembered like a Ctrl-C.
         signal.signal(signal.SIGTERM, repro.interrupt)
     with workspace_lock(repo, f"flow run {flow_run.name} ({run_id})"):
-        params_file = repo / PARAMS_FILE
-        original_params = params_file.read_bytes()
+        original_params = (repo / PARAMS_FILE).read_bytes()
+        lock_file = repo / record.LOCK_FILE
+        original_lock = lock_file.read_bytes() if lock_file.is_file() else None
         outcomes = []
         saved = None
         reader = None
@@ -225,12 +227,8 @@ def pipeline(
                 )
         except BaseException:
             stopped = repro.stop_all()  # before params.yaml changes under a running stage
-            if experiment and params_file.read_bytes() != original_params:
-                params_file.write_bytes(original_params)
-                get_run_logger().warning(
-                    "run failed: params.yaml put back%s",
-                    f" after stopping {stopped} running stage(s)" if stopped else "",
-                )
+            if experiment:
+                _put_back(repo, original_params, original_lock, stopped)
             raise
     summary = report.publish(repo, outcomes, run_id, saved, reader)
     return {
@@ -241,3 +239,19 @@ def pipeline(
         "metrics": summary["metrics"],
         "mlflow": summary["mlflow"],
     }
+
+
+def _put_back(repo: Path, params: bytes, lock: bytes | None, stopped: int) -> None:
+    """A failed or interrupted experiment leaves the workspace as it found it: params.yaml,
+    and when stages of it had finished, dvc.lock and its outputs (from the cache), so
+    `dvc status` matches what is there."""
+    logger = get_run_logger()
+    params_file, lock_file = repo / PARAMS_FILE, repo / record.LOCK_FILE
+    if params_file.read_bytes() != params:
+        params_file.write_bytes(params)
+        after = f" after stopping {stopped} running stage(s)" if stopped else ""
+        logger.warning("run failed: params.yaml put back%s", after)
+    if lock is not None and lock_file.read_bytes() != lock:
+        lock_file.write_bytes(lock)
+        checkout = experiments.checkout_outputs(repo)
+        logger.warning("run failed: dvc.lock and its outputs put back%s", checkout)

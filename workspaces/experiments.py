@@ -99,6 +99,19 @@ def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
     return name
 
 
+def checkout_outputs(repo: Path) -> str:
+    """`dvc checkout --force`: the outputs dvc.lock records, from the cache; "" when done,
+    else DVC's last words (the caller is already failing and reports both)."""
+    proc = subprocess.run(
+        ["dvc", "checkout", "--force", "--quiet"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "" if proc.returncode == 0 else f" (dvc checkout: {proc.stderr.strip()[-300:]})"
+
+
 def git_tracked_outputs(repo: Path) -> list[str]:
     """Outputs DVC leaves to git (`cache: false`: metrics, plots), relative to `repo`."""
     from dvc.repo import Repo
