@@ -21,9 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.overhead import timed
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_LINE = re.compile(r"✓ (\S+)\s+ran\s+([\d.]+) s")
@@ -31,13 +32,8 @@ TIMEOUT_SECONDS = 1800
 
 
 def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False
-    )
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    """Wall time and all output of `cmd`; RuntimeError naming it when it fails."""
+    seconds, proc = timed(cmd, cwd, env, timeout=TIMEOUT_SECONDS)
     return seconds, proc.stdout + proc.stderr
 
 

@@ -166,14 +166,10 @@ def _server_env() -> dict[str, str]:
 
 
 def _stop_group(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    """SIGTERM to the server's process group, a bounded wait, then SIGKILL."""
+    from workspaces.repro import stop_group
+
+    stop_group(process, signal.SIGTERM, STOP_GRACE_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tuning import search as searching
 from tuning import space as spaces
+from workspaces import repro
 
 WORKER_STOP_SECONDS = 10.0
 
@@ -68,16 +68,8 @@ def search(
 def _stop(process: subprocess.Popen) -> None:
     """A worker still running (this process failed or was interrupted): SIGINT to its group,
     a bounded wait, then SIGKILL; nothing is left behind."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=WORKER_STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    if process.poll() is None:
+        repro.stop_group(process, signal.SIGINT, WORKER_STOP_SECONDS)
 
 
 @flow(name="tune-hyperparameters")

@@ -193,9 +193,9 @@ def run_command(
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _stop_group(proc)
+        stop_group(proc)
     except BaseException:
-        _stop_group(proc)
+        stop_group(proc)
         raise
     finally:
         with _RUNNING_LOCK:
@@ -242,20 +242,20 @@ def stop_all() -> int:
     with _RUNNING_LOCK:
         running = list(_RUNNING)
     for proc in running:
-        _stop_group(proc)
+        stop_group(proc)
     return len(running)
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """SIGINT the group, give it KILL_GRACE_SECONDS, then SIGKILL whatever of it is left.
-
-    The SIGKILL also goes out when the leader stopped in time: a member that ignores SIGINT
-    (a shell's background job does) would otherwise live on and keep writing.
-    """
+def stop_group(
+    proc: subprocess.Popen, first: int = signal.SIGINT, grace: float = KILL_GRACE_SECONDS
+) -> None:
+    """`first` (SIGINT) to the process group, `grace` seconds for it, then SIGKILL to whatever
+    of it is left. The SIGKILL also goes out when the leader stopped in time: a member that
+    ignores the first signal (a shell's background job does) would otherwise live on."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, first)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=KILL_GRACE_SECONDS)
+        proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
