@@ -138,6 +138,11 @@ def quiet_prefect(verbose: bool = False) -> Iterator[None]:
         logger.removeHandler(progress)
 
 
+def say(line: str) -> None:
+    """One line for the person at the terminal (stderr, like the rest of the summary)."""
+    _console().print(line)
+
+
 def interrupted() -> None:
     _console().print("[yellow]interrupted[/]: the running stage was stopped, params.yaml kept")
 
@@ -157,6 +162,11 @@ def nothing_to_do(workspace: Path, plan: list[dict[str, Any]]) -> int:
     )
     for line in summary_lines(result, None)[1:-1]:  # not the pointer to this run's artifacts
         console.print(line)
+    from timeline import upstream
+
+    with contextlib.suppress(Exception):  # a quick check of a local source only
+        for line in upstream.notice(upstream.check(workspace, local_only=True)):
+            console.print(f"[yellow]{line}[/]")
     return 0
 
 
@@ -209,6 +219,7 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
             lines.append(f"  {decision['verdict']}: {decision['reason']}")
     elif not ran:
         lines.append("model: unchanged (the one dvc.lock records)")
+    lines += [f"[yellow]{line}[/]" for line in result.get("upstream") or []]
     uri = record.get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     mlflow_ui = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
     run_id = result.get("pipeline_run_id")

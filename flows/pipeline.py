@@ -2,7 +2,8 @@
 
     python -m flows.pipeline                               # run once (ephemeral Prefect, no server)
     python -m flows.pipeline --set model.alpha=0.05        # the same as a DVC experiment
-    python -m flows.pipeline serve [--cron "0 4 * * 1"]    # a deployment with a retraining schedule
+    python -m flows.pipeline --reingest                    # first re-ingest republished months
+    python -m flows.pipeline serve [--cron "0 4 * * 1"]    # a deployment rerunning the pipeline
 
 For a plain run DVC is asked what is stale in a child process started before Prefect is
 imported; the answer is the flow's `plan` parameter. Without PREFECT_API_URL, a Prefect
@@ -36,6 +37,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="DVC experiment name (with --set)")
     parser.add_argument("--cron", default=RETRAIN_CRON, help="schedule for serve")
     parser.add_argument("--verbose", action="store_true", help="Prefect's full log here too")
+    parser.add_argument(
+        "--reingest",
+        action="store_true",
+        help="re-ingest the months the source republished since dvc.lock's ingest "
+        "(python -m timeline upstream lists them), then run what that makes stale",
+    )
     return parser
 
 
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, repro.interrupt)
     signal.signal(signal.SIGINT, repro.interrupt)
     early_plan = server = None
-    if args.command == "run" and "overrides" not in parameters:
+    if args.reingest:
+        parameters["reingest"] = _republished(workspace)
+    if args.command == "run" and "overrides" not in parameters and not parameters.get("reingest"):
         from workspaces.repro import PlanProcess
 
         early_plan = PlanProcess.start(workspace)
@@ -88,6 +97,21 @@ def main(argv: list[str] | None = None) -> int:
 
         console.interrupted()
         return EXIT_INTERRUPTED
+
+
+def _republished(workspace: Path) -> list[str]:
+    """The ingest stages of the months the source republished (timeline.upstream)."""
+    from flows import console
+    from timeline import upstream
+
+    checks = upstream.check(workspace)
+    for check in checks:
+        if check.status != "unchanged":
+            console.say(check.line())
+    stages = upstream.reingest_stages(checks)
+    if not stages:
+        console.say("no month was republished: nothing to re-ingest")
+    return stages
 
 
 def _kept_server_with_prefect_importing(workspace: Path, verbose: bool) -> Any:

@@ -60,10 +60,12 @@ def repro_stage(
     unchanged: bool,
     *,
     experiment_name: str | None = None,
+    force: bool = False,
 ) -> Any:
     """`dvc repro --single-item <stage>`, its output streamed into the Prefect log.
 
     `unchanged`: DVC already found the stage and everything upstream unchanged; no process.
+    `force`: run it even so (`--force`): an ingest whose source republished the month.
     """
     logger = get_run_logger()
     if unchanged:
@@ -76,7 +78,7 @@ def repro_stage(
         env["DVC_EXP_NAME"] = experiment_name
     started = time.perf_counter()
     result = repro.run_command(
-        ["dvc", "repro", "--single-item", stage],
+        ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage],
         Path(workspace),
         env,
         timeout_seconds,
@@ -152,6 +154,7 @@ def pipeline(
     experiment_name: str | None = None,
     plan: list[dict[str, Any]] | None = None,
     dvc_remote: str | None = None,
+    reingest: list[str] | None = None,
     retries: int = RETRIES,
     retry_delay_seconds: float = RETRY_DELAY_SECONDS,
     retry_jitter_factor: float = RETRY_JITTER_FACTOR,
@@ -164,6 +167,8 @@ def pipeline(
     what is stale, when the caller already asked (repro.plan_to_json); ignored with overrides.
     `dvc_remote`: the workspace's default DVC remote the caller found with the plan ("" for
     none: then nothing is pushed outside team mode); None: the push task asks DVC.
+    `reingest`: ingest stages to run even though DVC finds them unchanged (the source
+    republished their month: timeline.upstream), and with them everything downstream.
     On any failure or interrupt the running stage is stopped first, then params.yaml is put
     back as it was.
     """
@@ -194,11 +199,13 @@ def pipeline(
             name = (experiment_name or f"flow-{flow_run.name}") if experiment else None
             ran: set[str] = set()
             planned = stages or repro.stage_plan(repo)
-            if experiment or any(stage.changed for stage in planned):
+            forced = _forced(reingest, planned)
+            if experiment or forced or any(stage.changed for stage in planned):
                 reader = report.RecordReader(repo)  # opened while the stages run
             for stage in planned:
                 repro.check_interrupted()
-                unchanged = not stage.changed and not stage.upstream & ran
+                force = stage.name in forced
+                unchanged = not (force or stage.changed or stage.upstream & ran)
                 state = runner(
                     stage.name,
                     str(repo),
@@ -206,6 +213,7 @@ def pipeline(
                     stage_timeout_seconds,
                     unchanged,
                     experiment_name=name,
+                    force=force,
                     return_state=True,
                 )
                 outcome = state.result()  # a failed stage raises its own error here
@@ -213,6 +221,8 @@ def pipeline(
                 if outcome["status"] == "ran":
                     ran.add(stage.name)
             repro.check_interrupted()
+            if ran:
+                _prune_lock(repo, planned)
             if name:
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)
@@ -238,7 +248,36 @@ def pipeline(
         "pushed": pushed,
         "metrics": summary["metrics"],
         "mlflow": summary["mlflow"],
+        "upstream": _upstream_notice(repo),
     }
+
+
+def _upstream_notice(repo: Path) -> list[str]:
+    """Months the source republished since they were ingested (timeline.upstream); a source
+    that cannot be asked is not the run's failure."""
+    from timeline import upstream
+
+    try:
+        lines = upstream.notice(upstream.check(repo))
+    except Exception as exc:
+        lines = [f"upstream not checked: {exc}"]
+    for line in lines:
+        get_run_logger().warning("%s", line)
+    return lines
+
+
+def _prune_lock(repo: Path, planned: list[repro.PlannedStage]) -> None:
+    pruned = repro.prune_lock(repo, [stage.name for stage in planned])
+    if pruned:
+        get_run_logger().info("dvc.lock: removed %s (no such stage in dvc.yaml now)", pruned)
+
+
+def _forced(reingest: list[str] | None, planned: list[repro.PlannedStage]) -> set[str]:
+    forced = set(reingest or [])
+    unknown = forced - {stage.name for stage in planned}
+    if unknown:
+        raise ValueError(f"reingest: no such stage in dvc.yaml: {sorted(unknown)}")
+    return forced
 
 
 def _put_back(repo: Path, params: bytes, lock: bytes | None, stopped: int) -> None:

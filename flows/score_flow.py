@@ -18,7 +18,6 @@ once that record is written.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -97,11 +96,11 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 @task(retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS, retry_condition_fn=_transient)
 def fetch_month(month: str, colour: str, trips_url: str) -> dict[str, str]:
     """The month's file from the source, checked like ingest checks it, in data/scoring."""
-    from stages.ingest import SOURCE_ENV, check_published_sha256, fetch, resolve_source
-    from stages.tlc import check_trip_file, trip_file_name
+    from stages.ingest import check_published_sha256, fetch
+    from stages.tlc import check_trip_file, trip_address, trip_file_name
 
     name = trip_file_name(colour, check_month(month))
-    source = resolve_source(f"{trips_url.rstrip('/')}/{name}", name, os.environ.get(SOURCE_ENV))
+    source = trip_address(colour, trips_url, month)
     path = SCORING_INPUTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

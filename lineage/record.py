@@ -39,7 +39,10 @@ ARTIFACTS_DIR = "mlruns"
 LOCK_FILE = "dvc.lock"
 
 INPUT, OUTPUT, CODE, SOURCE, RAW = "in", "out", "code", "source", "raw"
-TAG_KINDS = (INPUT, OUTPUT, CODE, SOURCE, RAW)
+# The identity an HTTP source gave for a raw file when it was ingested (ETag, Last-Modified,
+# Content-Length: timeline.source), to tell later whether it was republished.
+UPSTREAM = "upstream"
+TAG_KINDS = (INPUT, OUTPUT, CODE, SOURCE, RAW, UPSTREAM)
 # Tags of a stage run besides the file tags.
 STAGE_TAG = "stage"
 PIPELINE_RUN_TAG = "pipeline_run_id"

@@ -207,6 +207,14 @@ class TuneParams(_Section):
     xgboost: dict[str, SearchRange] | None = None
 
 
+class RetrainParams(_Section):
+    """The months over time (flows.retrain, flows.backtest; their window rule: timeline.window):
+    read by no stage, validated with the file like `tune`."""
+
+    train_months: int = Field(ge=1, le=24)
+    cron: str = Field(min_length=9)  # five cron fields, at least "* * * * *"
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "base": BaseParams,
     "data": DataParams,
@@ -216,6 +224,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "evaluate": EvaluateParams,
     "promote": PromoteParams,
     "tune": TuneParams,
+    "retrain": RetrainParams,
 }
 
 S = TypeVar("S", bound=_Section)

@@ -26,24 +26,24 @@ from stages.common import (
     run_stage,
     stage_item,
 )
-from stages.tlc import check_trip_file, check_zone_file, trip_file_name
+from stages.tlc import (
+    SOURCE_ENV,
+    check_trip_file,
+    check_zone_file,
+    http_identity,
+    resolve_source,
+    trip_address,
+)
 from stages.tracking import stage_run
 
-SOURCE_ENV = "TLC_SOURCE"
 log = logging.getLogger("stages.ingest")
 
 
-def resolve_source(default_url: str, file_name: str, override: str | None) -> str:
-    """The address of `file_name`: under the override when given, else the params URL."""
-    if not override:
-        return default_url
-    if override.startswith(("http://", "https://")):
-        return f"{override.rstrip('/')}/{file_name}"
-    return str(Path(override.removeprefix("file://")).expanduser().resolve() / file_name)
+def fetch(source: str, dest: Path, attempts: int = 3, timeout_s: float = 60.0) -> str | None:
+    """Copy a local file or download a URL to `dest`; retries only network failures.
 
-
-def fetch(source: str, dest: Path, attempts: int = 3, timeout_s: float = 60.0) -> None:
-    """Copy a local file or download a URL to `dest`; retries only network failures."""
+    Returns a download's identity (its ETag, Last-Modified, Content-Length headers), None for
+    a local copy (whose identity is its md5)."""
     if not source.startswith(("http://", "https://")):
         if not Path(source).is_file():
             raise BadInputError(f"{source}: no such file in the local source ({SOURCE_ENV})")
@@ -51,12 +51,12 @@ def fetch(source: str, dest: Path, attempts: int = 3, timeout_s: float = 60.0) -
             shutil.copyfile(source, dest)
         except OSError as exc:  # name the file that could not be written, not the source
             raise OSError(exc.errno, exc.strerror, str(dest)) from None
-        return
+        return None
     for attempt in range(1, attempts + 1):
         try:
             with urllib.request.urlopen(source, timeout=timeout_s) as resp, open(dest, "wb") as fh:
                 shutil.copyfileobj(resp, fh, 1 << 20)
-            return
+                return http_identity(dict(resp.headers.items()))
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 raise BadInputError(f"{source}: not published (HTTP 404)") from None
@@ -98,10 +98,7 @@ def main(argv: list[str] | None) -> None:
     data = params["data"]
     if args.what == "trips":
         month = check_month(stage_item(args.month))
-        stage, name = f"ingest@{month}", trip_file_name(data.colour, month)
-        source = resolve_source(
-            f"{data.trips_url.rstrip('/')}/{name}", name, os.environ.get(SOURCE_ENV)
-        )
+        stage, source = f"ingest@{month}", trip_address(data.colour, data.trips_url, month)
     else:
         stage, name = "ingest_zones", Path(data.zones_url).name
         source = resolve_source(data.zones_url, name, os.environ.get(SOURCE_ENV))
@@ -110,13 +107,13 @@ def main(argv: list[str] | None) -> None:
 
     with stage_run(stage, params) as run:
         raw = run.output(out)
-        fetch(source, raw)
+        upstream = fetch(source, raw)
         check_published_sha256(source, raw)
         if args.what == "trips":
             rows = check_trip_file(raw, data.colour, source)
         else:
             rows = check_zone_file(raw, source)
-        run.add_source(out, source)
+        run.add_source(out, source, upstream)
         run.log_metrics({"rows": rows})
     log.info("%s -> %s: %d rows", source, out, rows)
 

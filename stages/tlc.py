@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,8 +16,39 @@ _TIMESTAMP_PREFIX = {"green": "lpep", "yellow": "tpep"}
 ZONE_COLUMNS = ("LocationID", "Borough", "Zone", "service_zone")
 
 
+# A local directory (a mirror holding the files by their TLC names) or another base URL that
+# replaces params.yaml's TLC addresses. Where the bytes come from is not a param: the same file
+# from either source is the same data.
+SOURCE_ENV = "TLC_SOURCE"
+# The headers that identify a file served over HTTP: what changes when the TLC republishes it.
+IDENTITY_HEADERS = ("ETag", "Last-Modified", "Content-Length")
+
+
 def trip_file_name(colour: str, month: str) -> str:
     return f"{colour}_tripdata_{month}.parquet"
+
+
+def resolve_source(default_url: str, file_name: str, override: str | None) -> str:
+    """The address of `file_name`: under the override when given, else the params URL."""
+    if not override:
+        return default_url
+    if override.startswith(("http://", "https://")):
+        return f"{override.rstrip('/')}/{file_name}"
+    return str(Path(override.removeprefix("file://")).expanduser().resolve() / file_name)
+
+
+def trip_address(
+    colour: str, trips_url: str, month: str, env: Mapping[str, str] = os.environ
+) -> str:
+    """Where a month's trip file is read from: params.yaml's TLC address, or TLC_SOURCE."""
+    name = trip_file_name(colour, month)
+    return resolve_source(f"{trips_url.rstrip('/')}/{name}", name, env.get(SOURCE_ENV))
+
+
+def http_identity(headers: Mapping[str, str]) -> str:
+    """A file's identity from the headers of a GET or HEAD of it ("" when it sent none)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return "; ".join(f"{h}: {lowered[h.lower()]}" for h in IDENTITY_HEADERS if h.lower() in lowered)
 
 
 def trip_columns(colour: str) -> dict[str, str]:

@@ -153,6 +153,7 @@ class StageRun:
         self.outputs = outputs
         self.inputs: dict[str, str] = {}
         self.sources: dict[str, str] = {}
+        self.upstream: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self._model: dict[str, Any] | None = None
         self._model_uri: str | None = None
@@ -171,8 +172,11 @@ class StageRun:
             raise BadInputError(f"{path}: input not found (has the stage producing it run?)")
         self.inputs[name or record.lineage_path(path)] = file_md5(path)
 
-    def add_source(self, path: Path | str, address: str) -> None:
+    def add_source(self, path: Path | str, address: str, upstream: str | None = None) -> None:
+        """Where a raw file came from, and the identity the source gave it (HTTP headers)."""
         self.sources[record.lineage_path(path)] = address
+        if upstream:
+            self.upstream[record.lineage_path(path)] = upstream
 
     def log_metrics(self, metrics: Mapping[str, Any]) -> None:
         for key, value in record.flatten("", metrics).items():
@@ -257,6 +261,7 @@ class StageRun:
         tags |= record.file_tags(record.OUTPUT, outputs)
         tags |= record.file_tags(record.CODE, code)
         tags |= record.file_tags(record.SOURCE, self.sources)
+        tags |= record.file_tags(record.UPSTREAM, self.upstream)
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id,

@@ -22,9 +22,17 @@ class ExperimentError(RuntimeError):
 
 
 def override_args(overrides: Mapping[str, Any]) -> list[str]:
-    """`{"model.alpha": 0.05}` as the `-S` arguments of `dvc exp run` (Hydra override syntax)."""
+    """`{"model.alpha": 0.05}` as the `-S` arguments of `dvc exp run` (Hydra override syntax).
+
+    A mapping replaces the whole section (`{"data.months": {"2024-02": "train", ...}}`): Hydra
+    merges a mapping into the one there and refuses new keys, so it is deleted first
+    (`~data.months`) and added again (`+data.months={2024-02:train,...}`)."""
     args = []
     for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            items = ",".join(f"{k}:{v}" for k, v in value.items())
+            args += [f"~{key}", f"+{key}={{{items}}}"]
+            continue
         if isinstance(value, bool):
             text = str(value).lower()
         elif isinstance(value, str):

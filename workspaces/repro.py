@@ -13,8 +13,9 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,35 @@ class PlannedStage:
     # DVC's own verdict before anything ran (Stage.changed(), what `dvc status` reports).
     changed: bool
     upstream: frozenset[str]
+
+
+def prune_lock(repo: Path, stages: Iterable[str]) -> list[str]:
+    """Remove dvc.lock's entries of stages dvc.yaml no longer has (a month that left
+    `data.months`); their names, in lock order. DVC's repro leaves them, and a stale
+    `ingest@<month>` entry would claim a raw file the pipeline no longer reads.
+
+    Edited with DVC's own YAML round trip on a copy that replaces dvc.lock in one rename."""
+    from dvc.utils.serialize import modify_yaml
+
+    from lineage.record import LOCK_FILE, read_lock
+
+    lock_file = repo / LOCK_FILE
+    keep = set(stages)
+    stale = [name for name in read_lock(lock_file) if name not in keep]
+    if not stale:
+        return []
+    fd, tmp_name = tempfile.mkstemp(prefix=".dvc.lock.", dir=repo)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        tmp.write_bytes(lock_file.read_bytes())
+        with modify_yaml(tmp) as document:
+            for name in stale:
+                del document["stages"][name]
+        os.replace(tmp, lock_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def stage_plan(repo: Path) -> list[PlannedStage]:
