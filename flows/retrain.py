@@ -50,9 +50,26 @@ class Plan:
     source: str
     newest: str
     used: dict[str, str]
-    window: Any | None  # timeline.window.Window; None: nothing new
+    window: Any | None  # timeline.window.Window; None: no new month
+    # Months of the branch's window the source republished since they were ingested: with or
+    # without a new month, they are ingested again and the model retrained on them.
+    republished: tuple[str, ...] = ()
+
+    @property
+    def months(self) -> dict[str, str]:
+        """`data.months` of the retraining: the moved window, or the same months again."""
+        return self.window.months if self.window is not None else self.used
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.window is None and not self.republished
 
     def line(self) -> str:
+        if self.window is None and self.republished:
+            return (
+                f"republished at {self.source}: {', '.join(self.republished)} (same months, "
+                "new bytes): re-ingesting and retraining"
+            )
         if self.window is None:
             split = self.used.get(self.newest)
             return (
@@ -100,7 +117,10 @@ def plan(repo: Path, branch: str = DEFAULT_BRANCH, env: Any = os.environ) -> Pla
         raise source.SourceError(f"{where}: no {data.colour} trip file published")
     newest = published[-1]
     if newest in used:
-        return Plan(branch, base, tip is not None, where, newest, used, None)
+        return Plan(
+            branch, base, tip is not None, where, newest, used, None,
+            _republished(repo, base, data, used, env),
+        )  # fmt: skip
     win = window.ending_at(newest, rules.train_months)
     listed_all = not source.is_http(trip_address(data.colour, data.trips_url, newest, env))
     missing = [m for m in win.months if listed_all and m not in published]
@@ -109,7 +129,28 @@ def plan(repo: Path, branch: str = DEFAULT_BRANCH, env: Any = os.environ) -> Pla
             f"the window ending at {newest} ({win.describe()}) needs {', '.join(missing)}, "
             f"which {where} does not hold"
         )
-    return Plan(branch, base, tip is not None, where, newest, used, win)
+    kept = {m: s for m, s in used.items() if m in win.months}
+    return Plan(
+        branch, base, tip is not None, where, newest, used, win,
+        _republished(repo, base, data, kept, env),
+    )  # fmt: skip
+
+
+def _republished(repo: Path, base: str, data: Any, months: dict[str, str], env: Any) -> tuple:
+    """The months of `months` that base's dvc.lock ingested and the source has republished."""
+    from lineage import record
+    from timeline import upstream
+
+    proc = subprocess.run(
+        ["git", "show", f"{base}:{record.LOCK_FILE}"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lock = record.parse_lock(proc.stdout) if proc.returncode == 0 else {}
+    checks = upstream.check_months(data, lock, repo, env)
+    return tuple(c.month for c in upstream.changed(checks) if c.month in months)
 
 
 def checked_out_in(repo: Path, branch: str) -> str | None:
@@ -140,8 +181,13 @@ def commit_window(workspace: Path, repo: Path, p: Plan, result: dict[str, Any]) 
     record = result.get("mlflow") or {}
     version = record.get("model_version")
     metrics = {m["split"]: m["rmse"] for m in result.get("metrics") or []}
+    what = (
+        f"window ending {p.newest} ({p.window.describe()})"
+        if p.window is not None
+        else f"republished {', '.join(p.republished)}"
+    )
     message = (
-        f"retrain: window ending {p.newest} ({p.window.describe()})\n\n"
+        f"retrain: {what}\n\n"
         f"model {record.get('model_name')} version {version}; validation RMSE "
         f"{metrics.get('validation')}, test RMSE {metrics.get('test')}; "
         f"pipeline run {result.get('pipeline_run_id')}\n"
@@ -193,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         except SourceError as exc:
             console.say(f"[red bold]retrain: source unavailable[/]: {exc}")
             return EXIT_SOURCE
-        if found.window is None:
+        if found.nothing_to_do:
             print(found.line())  # noqa: T201 - the one line a scheduled run prints
             return 0
     from flows.local_server import server_for_this_run

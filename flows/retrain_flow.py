@@ -17,7 +17,6 @@ def retrain(workspace: str = ".", branch: str = retraining.DEFAULT_BRANCH) -> di
     from prefect.artifacts import create_markdown_artifact
 
     from flows.pipeline_flow import pipeline
-    from timeline import upstream
     from workspaces import experiments
     from workspaces.worktrees import worktree
 
@@ -25,7 +24,7 @@ def retrain(workspace: str = ".", branch: str = retraining.DEFAULT_BRANCH) -> di
     repo = Path(workspace).resolve()
     p = retraining.plan(repo, branch)
     logger.info("%s", p.line())
-    if p.window is None:
+    if p.nothing_to_do:
         return {"status": "nothing new", "newest": p.newest, "summary": [p.line()]}
     holder = retraining.checked_out_in(repo, branch)
     if holder is not None:
@@ -34,14 +33,10 @@ def retrain(workspace: str = ".", branch: str = retraining.DEFAULT_BRANCH) -> di
             "(a retraining moves the branch; that workspace's files would go stale)"
         )
     with worktree(repo, p.base, prefix="retrain-") as tree:
-        # Months kept in the window whose source was republished are ingested again.
-        republished = [
-            c for c in upstream.changed(upstream.check(tree)) if c.month in p.window.months
-        ]
-        for check in republished:
-            logger.warning("%s: re-ingested", check.line())
-        experiments.apply_overrides(tree, {"data.months": p.window.months})
-        result = pipeline(workspace=str(tree), reingest=[f"ingest@{c.month}" for c in republished])
+        experiments.apply_overrides(tree, {"data.months": p.months})
+        for month in p.republished:  # kept in the window, republished: ingested again
+            logger.warning("%s: republished at the source, ingested again", month)
+        result = pipeline(workspace=str(tree), reingest=[f"ingest@{m}" for m in p.republished])
         commit = retraining.commit_window(tree, repo, p, result)
     record = result.get("mlflow") or {}
     metrics = {m["split"]: m["rmse"] for m in result.get("metrics") or []}
@@ -49,28 +44,28 @@ def retrain(workspace: str = ".", branch: str = retraining.DEFAULT_BRANCH) -> di
     summary = [
         p.line(),
         f"branch {branch} -> {commit[:10]} (params.yaml, dvc.lock, metrics)",
-        f"validation RMSE {metrics.get('validation')} min ({p.newest}), "
-        f"test RMSE {metrics.get('test')} min ({p.window.test})",
+        f"validation RMSE {metrics.get('validation')} min, test RMSE {metrics.get('test')} "
+        f"min ({', '.join(f'{s} {m}' for m, s in p.months.items())})",
         f"model: {record.get('model_name')} version {record.get('model_version')}"
         + (f", {decision['verdict']}: {decision['reason']}" if decision else ""),
         f"trace it: python -m lineage models:/{record.get('model_name')}/"
         f"{record.get('model_version')}",
     ]
-    if republished:
-        summary.insert(1, "re-ingested: " + ", ".join(c.month for c in republished))
+    if p.republished and p.window is not None:
+        summary.insert(1, "re-ingested (republished): " + ", ".join(p.republished))
     create_markdown_artifact(
         "# Retraining\n\n" + "\n".join(f"- {line}" for line in summary) + "\n",
         key="retrain-report",
-        description=f"Retraining on {p.newest}",
+        description=f"Retraining: {p.line()}",
     )
     return {
         "status": "retrained",
         "newest": p.newest,
-        "window": p.window.months,
+        "window": p.months,
         "commit": commit,
         "model_version": record.get("model_version"),
         "validation_rmse": metrics.get("validation"),
         "test_rmse": metrics.get("test"),
-        "republished": [c.month for c in republished],
+        "republished": list(p.republished),
         "summary": summary,
     }

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from lineage import record
 from stages.common import load_params
@@ -53,12 +54,26 @@ def check(
     """Every month of the workspace's dvc.lock against its source now (HEAD requests in
     parallel for an HTTP source; `local_only`: none, for a run that must stay quick)."""
     data = load_params("data", path=repo / "params.yaml")["data"]
-    months = ingested_months(record.read_lock(repo / record.LOCK_FILE))
+    lock = record.read_lock(repo / record.LOCK_FILE)
+    return check_months(data, lock, repo, env, local_only=local_only)
+
+
+def check_months(
+    data: Any,
+    lock: Mapping[str, record.LockedStage],
+    repo: Path,
+    env: Mapping[str, str] = os.environ,
+    *,
+    local_only: bool = False,
+) -> list[source.MonthCheck]:
+    """The months of `lock` (a dvc.lock's stages, of any commit) against the source `data`
+    (params.yaml's data section) names; `repo` holds the MLflow record."""
+    months = ingested_months(lock)
     addresses = {m: source.trip_address(data.colour, data.trips_url, m, env) for m in months}
     http = {months[m][0]: months[m][1] for m, a in addresses.items() if source.is_http(a)}
-    identities = recorded_identities(repo, http) if http else {}
     if http and local_only:
         return []
+    identities = recorded_identities(repo, http) if http else {}
 
     def one(month: str) -> source.MonthCheck:
         (path, md5), address = months[month], addresses[month]
@@ -70,17 +85,6 @@ def check(
         return list(pool.map(one, months))
 
 
-def notice(checks: list[source.MonthCheck]) -> list[str]:
-    """What a run's summary says about its sources: only what needs doing."""
-    lines = [f"{c.line()}" for c in checks if c.status in (source.CHANGED, source.GONE)]
-    if changed(checks):
-        lines.append(
-            "re-ingest with: python -m flows.pipeline --reingest "
-            "(models of the old bytes stay traceable and restorable)"
-        )
-    return lines
-
-
 def changed(checks: list[source.MonthCheck]) -> list[source.MonthCheck]:
     return [c for c in checks if c.changed]
 
@@ -88,3 +92,14 @@ def changed(checks: list[source.MonthCheck]) -> list[source.MonthCheck]:
 def reingest_stages(checks: list[source.MonthCheck]) -> list[str]:
     """The ingest stages to force for the months the source republished."""
     return [f"ingest@{c.month}" for c in changed(checks)]
+
+
+def notice(checks: list[source.MonthCheck]) -> list[str]:
+    """What a run's summary says about its sources: only what needs doing."""
+    lines = [c.line() for c in checks if c.status in (source.CHANGED, source.GONE)]
+    if changed(checks):
+        lines.append(
+            "re-ingest with: python -m flows.pipeline --reingest "
+            "(models of the old bytes stay traceable and restorable)"
+        )
+    return lines
