@@ -236,7 +236,7 @@ def pipeline(
                     str(repo), stage_timeout_seconds
                 )
         except BaseException:
-            stopped = repro.stop_all()  # before params.yaml changes under a running stage
+            stopped = repro.stop_all(repo)  # before params.yaml changes under a running stage
             if experiment:
                 _put_back(repo, original_params, original_lock, stopped)
             raise

@@ -166,6 +166,36 @@ def test_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
     assert not running(child)  # the grandchild went with its group
 
 
+def test_a_failing_workspace_stops_only_its_own_stages(tmp_path: Path) -> None:
+    """Parallel experiments (compare, backtest) run in threads of one process: the one that
+    fails stops its running stage, never the other workspace's."""
+    import threading
+
+    results: dict[str, repro.CommandResult] = {}
+    workspaces = {name: tmp_path / name for name in ("failing", "other")}
+    for path in workspaces.values():
+        path.mkdir()
+
+    def stage(name: str) -> None:
+        results[name] = repro.run_command(
+            ["sh", "-c", "echo started; sleep 3; echo done"],
+            workspaces[name],
+            os.environ,
+            timeout=60,
+            on_line=lambda line: None,
+        )
+
+    threads = [threading.Thread(target=stage, args=(name,)) for name in workspaces]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    assert repro.stop_all(workspaces["failing"]) == 1
+    for thread in threads:
+        thread.join()
+    assert results["failing"].lines == ["started"] and results["failing"].returncode != 0
+    assert results["other"].lines == ["started", "done"] and results["other"].returncode == 0
+
+
 def test_override_args_are_dvc_exp_run_set_syntax() -> None:
     args = experiments.override_args({"model.alpha": 0.05, "model.type": "lasso", "x.flag": True})
     assert args == ["model.alpha=0.05", "model.type=lasso", "x.flag=true"]

@@ -218,7 +218,7 @@ def run_command(
     reader.start()
     timed_out = False
     with _RUNNING_LOCK:
-        _RUNNING.add(proc)
+        _RUNNING[proc] = Path(cwd).resolve()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -229,7 +229,7 @@ def run_command(
         raise
     finally:
         with _RUNNING_LOCK:
-            _RUNNING.discard(proc)
+            _RUNNING.pop(proc, None)
     reader.join()
     return CommandResult(proc.returncode, lines, timed_out)
 
@@ -263,14 +263,17 @@ def handles_interrupts() -> bool:
 
 # Stage process groups running now, in any thread: stop_all() ends them from a signal handler
 # or cleanup code that runs in another thread than the one waiting for them.
-_RUNNING: set[subprocess.Popen] = set()
+_RUNNING: dict[subprocess.Popen, Path] = {}
 _RUNNING_LOCK = threading.Lock()
 
 
-def stop_all() -> int:
-    """Stop every stage process group this process started and is still running; how many."""
+def stop_all(workspace: Path | None = None) -> int:
+    """Stop the stage process groups this process started and is still running, those of
+    `workspace` only when given (parallel flows in other threads run in other workspaces: one
+    that fails must not stop theirs); how many."""
+    where = workspace.resolve() if workspace is not None else None
     with _RUNNING_LOCK:
-        running = list(_RUNNING)
+        running = [proc for proc, cwd in _RUNNING.items() if where is None or cwd == where]
     for proc in running:
         stop_group(proc)
     return len(running)

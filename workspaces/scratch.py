@@ -19,6 +19,7 @@ PROJECT_FILES = (
     "lineage",
     "registry",
     "tuning",
+    "timeline",
     "workspaces",
     "services",
     "pyproject.toml",
