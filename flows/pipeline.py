@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-RETRAIN_CRON = "0 4 * * 1"  # Mondays 04:00: the TLC publishes a month at a time
+SCHEDULE_CRON = "0 4 * * 1"  # Mondays 04:00 (moving to new months: flows.retrain serve)
 EXIT_INTERRUPTED = 130
 
 
@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", default=".")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", help="DVC experiment name (with --set)")
-    parser.add_argument("--cron", default=RETRAIN_CRON, help="schedule for serve")
+    parser.add_argument("--cron", default=SCHEDULE_CRON, help="schedule for serve")
     parser.add_argument("--verbose", action="store_true", help="Prefect's full log here too")
     parser.add_argument(
         "--reingest",
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, parameters: dict[str, Any], early_plan: Any, 
     if server is not None:
         server.wait_ready()
     if args.command == "serve":
-        pipeline.serve(name="retrain", cron=args.cron, parameters=parameters)
+        pipeline.serve(name="scheduled", cron=args.cron, parameters=parameters)
         return 0
     with console.quiet_prefect(args.verbose):
         if early_plan is not None:

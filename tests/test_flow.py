@@ -366,7 +366,7 @@ def test_deployment_parameters_never_reach_a_shell(
         while flow_run is None:
             try:
                 flow_run = run_deployment(
-                    "taxi-pipeline/retrain",
+                    "taxi-pipeline/scheduled",
                     parameters={"overrides": {"data.colour": f"'green$(touch {canary})'"}},
                     timeout=180,
                 )
