@@ -142,7 +142,7 @@ def test_non_finite_alpha_is_refused(value):
 def test_whole_params_text_is_validated():
     text = (ROOT / "params.yaml").read_text()
     assert set(validate_params_text(text, "params.yaml")) == {
-        "base", "data", "prepare", "features", "model", "evaluate", "promote", "tune"
+        "base", "data", "prepare", "features", "model", "evaluate", "promote", "tune", "retrain"
     }  # fmt: skip
     bad = text.replace("colour: green", "colour: green$(touch x)")
     with pytest.raises(BadInputError, match=r"data\.colour"):
