@@ -132,7 +132,7 @@ def main(argv: list[str] | None) -> None:
     }
     inputs = [*feature_paths.values(), args.encoders, args.model]
     inputs += [path for paths in clean_paths.values() for path in paths]
-    with stage_run("evaluate", params, inputs=inputs) as run:
+    with stage_run("evaluate", params, inputs=inputs, client=True) as run:
         encoders = read_json(args.encoders)
         model = models.load(args.model)
         metrics, parts = {}, {}

@@ -25,6 +25,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lineage import record
+from lineage.sqlite_store import DirectStore, http_source
 from stages.common import (
     STAGE_ENV,
     BadInputError,
@@ -140,15 +142,88 @@ def model_lineage(lock_file: Path = Path(record.LOCK_FILE)) -> dict[str, str]:
     return {record.LOCK_MD5_TAG: file_md5(lock_file), **tags}
 
 
+class ClientWriter:
+    """The run record through MLflow's client: a tracking server, or a SQLite store that
+    MLflow must first create or migrate. The same calls as lineage.sqlite_store.DirectStore."""
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self.client = client
+        self.experiment_id = record.ensure_experiment(client, uri)
+
+    def create_run(self, tags: Mapping[str, str], run_name: str) -> str:
+        return self.client.create_run(
+            self.experiment_id, tags=dict(tags), run_name=run_name
+        ).info.run_id
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, v) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
+
+    def log_inputs(self, run_id: str, datasets: list[tuple[str, str, str, str]]) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        entries = [
+            DatasetInput(
+                Dataset(name=name, digest=digest, source_type="http", source=source),
+                [InputTag("mlflow.data.context", context)],
+            )
+            for name, digest, source, context in datasets
+        ]
+        self.client.log_inputs(run_id, datasets=entries)
+
+    def set_terminated(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    def close(self) -> None:
+        pass
+
+
+def open_writer(uri: str) -> DirectStore | ClientWriter:
+    """The cheapest writer for the run record: sqlite3 straight into a SQLite store MLflow has
+    built (no `import mlflow`: 1.5-2 s a process), else MLflow's client (connect_store)."""
+    path = record.sqlite_path(uri)
+    if path is not None:
+        with contextlib.suppress(sqlite3.Error, OSError, ValueError, TypeError):
+            store = DirectStore.open(path, record.experiment_name())
+            if store is not None:
+                return store
+        # A store the direct writer will not touch: MLflow's client creates, migrates or
+        # names what is wrong with it, as it always did.
+    return ClientWriter(connect_store(uri), uri)
+
+
 class StageRun:
-    """What a stage tells MLflow while it works; outputs are staged until the run is recorded."""
+    """What a stage tells MLflow while it works; outputs are staged until the run is recorded.
+
+    `writer` writes the run record; `client` (MLflow's, for models, the registry and
+    searches) is opened on first use, so stages that only record a run never import MLflow.
+    """
 
     def __init__(
-        self, stage: str, client: Any, experiment_id: str, run_id: str, outputs: StagedOutputs
+        self,
+        stage: str,
+        writer: DirectStore | ClientWriter,
+        uri: str,
+        run_id: str,
+        outputs: StagedOutputs,
     ) -> None:
         self.stage = stage
-        self.client = client
-        self.experiment_id = experiment_id
+        self.writer = writer
+        self.uri = uri
+        self.experiment_id = writer.experiment_id
         self.run_id = run_id
         self.outputs = outputs
         self.inputs: dict[str, str] = {}
@@ -160,6 +235,48 @@ class StageRun:
         self._after_commit: list[Callable[[], None]] = []
         self.model_version: Any = None
         self.registered_new = False  # a new version (not an identical one found registered)
+        self._client: Any = writer.client if isinstance(writer, ClientWriter) else None
+        self._opening: threading.Thread | None = None
+        self._opened: dict[str, Any] = {}
+        # Seconds the stage waited for MLflow's client (part of its mlflow_seconds), and the
+        # seconds opening it took in all (in a thread, beside the stage's own work).
+        self.client_wait_seconds = 0.0
+        self.client_open_seconds = 0.0
+
+    def open_client_early(self) -> None:
+        """Start connecting MLflow's client in a thread now (import mlflow, SQLAlchemy's store:
+        1.5-2 s), for a stage that will need it, so it overlaps the stage's own work."""
+        if self._client is None and self._opening is None:
+            self._opening = threading.Thread(target=self._open, name="mlflow-client")
+            self._opening.start()
+
+    def _open(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._opened["client"] = connect_store(self.uri)
+        except BaseException as exc:  # handed to the stage when it asks for the client
+            self._opened["error"] = exc
+        self.client_open_seconds = time.perf_counter() - started
+
+    def join_client(self) -> None:
+        """Wait for a client being opened (a thread still importing must not be abandoned)."""
+        if self._opening is not None:
+            self._opening.join()
+
+    @property
+    def client(self) -> Any:
+        """MLflow's client on the same store, connected when a stage first asks for it."""
+        if self._client is None:
+            started = time.perf_counter()
+            if self._opening is None:
+                self._open()
+            else:
+                self._opening.join()
+            self.client_wait_seconds += time.perf_counter() - started
+            if "error" in self._opened:
+                raise self._opened["error"]
+            self._client = self._opened["client"]
+        return self._client
 
     def output(self, target: Path | str) -> Path:
         """The temporary path to write a declared output to."""
@@ -253,8 +370,6 @@ class StageRun:
     # -- called by stage_run -------------------------------------------------------------
 
     def _record(self) -> None:
-        from mlflow.entities import Metric, RunTag
-
         outputs = {record.lineage_path(t): file_md5(tmp) for t, tmp in self.outputs.files.items()}
         code = code_files(self.stage)
         tags = record.file_tags(record.INPUT, self.inputs)
@@ -262,11 +377,8 @@ class StageRun:
         tags |= record.file_tags(record.CODE, code)
         tags |= record.file_tags(record.SOURCE, self.sources)
         tags |= record.file_tags(record.UPSTREAM, self.upstream)
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, v, now, 0) for k, v in sorted(self.metrics.items())],
-            tags=[RunTag(k, v) for k, v in sorted(tags.items())],
+        self.writer.log_batch(
+            self.run_id, metrics=dict(sorted(self.metrics.items())), tags=dict(sorted(tags.items()))
         )
         self._log_datasets(outputs)
         if self._model is not None:
@@ -274,22 +386,13 @@ class StageRun:
 
     def _log_datasets(self, outputs: dict[str, str]) -> None:
         """The same files as MLflow datasets, so the UI's dataset view shows them with digests."""
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
         entries = []
         for context, files in (("input", self.inputs), ("output", outputs)):
             for path, md5 in files.items():
                 address = self.sources.get(path) or record.lineage_uri(path)
-                dataset = Dataset(
-                    name=path,
-                    digest=md5,
-                    source_type="http",
-                    source=HTTPDatasetSource(address).to_json(),
-                )
-                entries.append(DatasetInput(dataset, [InputTag("mlflow.data.context", context)]))
+                entries.append((path, md5, http_source(address), context))
         if entries:
-            self.client.log_inputs(self.run_id, datasets=entries)
+            self.writer.log_inputs(self.run_id, entries)
 
     def _log_model(self, outputs: dict[str, str]) -> None:
         """The model's artifacts: the exact bytes of the model and encoders files (their md5
@@ -411,59 +514,70 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params: Mapping[str, Any], inputs: list[Path] | None = None
+    stage: str, params: Mapping[str, Any], inputs: list[Path] | None = None, client: bool = False
 ) -> Iterator[StageRun]:
-    """Record one stage run in MLflow; move its outputs into place only once it is recorded."""
+    """Record one stage run in MLflow; move its outputs into place only once it is recorded.
+
+    `client`: the stage will use MLflow's client (models, the registry): it is opened in a
+    thread from the start. Every stage records its run without it when the store allows.
+    `mlflow_seconds`: the stage's time on its record outside its own work, the wait for the
+    client included; `mlflow_client_seconds`: what opening the client took, in its thread.
+    """
     started = time.perf_counter()
     stage = os.environ.get(STAGE_ENV, stage)  # DVC's own address of the stage, when under DVC
     uri = record.tracking_uri()
-    client = connect_store(uri)
     tags = {
         record.STAGE_TAG: stage,
         record.PIPELINE_RUN_TAG: pipeline_run_id(),
         HOST_TAG: socket.gethostname(),
         PROCESS_TAG: process_identity(os.getpid()) or str(os.getpid()),
         **git_state(),
-        "mlflow.runName": stage,
     }
     for env, tag in EXPERIMENT_TAGS.items():
         if os.environ.get(env):
             tags[tag] = os.environ[env]
-    from mlflow.entities import Param
-
     with _terminate_as_interrupt():
         outputs = StagedOutputs()
         try:
-            experiment_id = record.ensure_experiment(client, uri)
-            run_id = client.create_run(experiment_id, tags=tags, run_name=stage).info.run_id
+            writer = open_writer(uri)
+            run_id = writer.create_run(tags, run_name=stage)
         except Exception as exc:
             outputs.finish()
             raise _as_stage_error(exc, uri, outputs.dir) from None
-        stage_record = StageRun(stage, client, experiment_id, run_id, outputs)
+        stage_record = StageRun(stage, writer, uri, run_id, outputs)
+        if client:
+            stage_record.open_client_early()
         try:
             params_flat = sorted(record.flatten("", dict(params)).items())
-            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params_flat])
+            writer.log_batch(run_id, params={k: str(v) for k, v in params_flat})
             for path in inputs or []:
                 stage_record.add_input(path)
             overhead = time.perf_counter() - started
             yield stage_record
+            waited = stage_record.client_wait_seconds  # during the work; later waits are timed
             started = time.perf_counter()
             stage_record._record()
             outputs.commit()
             stage_record._register()
             for step in stage_record._after_commit:
                 step()
-            seconds = overhead + time.perf_counter() - started
+            seconds = overhead + time.perf_counter() - started + waited
             stage_record.metrics["mlflow_seconds"] = seconds
-            client.log_metric(run_id, "mlflow_seconds", seconds)
-            client.set_terminated(run_id, "FINISHED")
+            timings = {"mlflow_seconds": seconds}
+            if stage_record.client_open_seconds:
+                timings["mlflow_client_seconds"] = stage_record.client_open_seconds
+            writer.log_batch(run_id, metrics=timings)
+            writer.set_terminated(run_id, "FINISHED")
             outputs.finish()
         except BaseException as exc:
             outputs.discard()
             stage_record._unregister()
             with contextlib.suppress(Exception):
-                client.set_terminated(run_id, "KILLED" if _interrupted(exc) else "FAILED")
+                writer.set_terminated(run_id, "KILLED" if _interrupted(exc) else "FAILED")
             raise _as_stage_error(exc, uri, outputs.dir) from None
+        finally:
+            stage_record.join_client()
+            writer.close()
 
 
 def connect_store(uri: str) -> Any:
@@ -487,7 +601,9 @@ def _as_stage_error(exc: BaseException, uri: str, staging: Path) -> BaseExceptio
         return EnvironmentRefusal(f"{staging} (staged outputs): {exc.strerror or exc}")
     if isinstance(exc, BadInputError | TransientError | EnvironmentRefusal | OSError):
         return exc
-    if _interrupted(exc) or not type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
+    if _interrupted(exc) or not type(exc).__module__.startswith(
+        ("mlflow", "sqlalchemy", "sqlite3")
+    ):
         return exc
     text = str(exc).lower()
     if "readonly" in text or "read-only" in text or "disk" in text:

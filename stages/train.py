@@ -31,8 +31,8 @@ def main(argv: list[str] | None) -> None:
 
     params = load_params("base", "model")
     base, model_params = params["base"], params["model"]
-    with stage_run("train", params, inputs=[args.features, args.encoders, args.example]) as run:
-        reconcile_orphans(run.client, model_params.registered_name)
+    inputs = [args.features, args.encoders, args.example]
+    with stage_run("train", params, inputs=inputs, client=True) as run:
         features = pd.read_parquet(args.features)
         encoders = read_json(args.encoders)
         started = time.perf_counter()
@@ -48,6 +48,8 @@ def main(argv: list[str] | None) -> None:
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics | {"fit_seconds": fit_seconds})
         example = pd.read_parquet(args.example)
+        # After the fit: MLflow's client opens in a thread meanwhile (stage_run(client=True)).
+        reconcile_orphans(run.client, model_params.registered_name)
         run.register_model(
             args.model,
             args.encoders,
