@@ -224,8 +224,19 @@ def lasso_solve(
     return coef, mean_y - float(mean_x @ coef)
 
 
-def xgb_matrix(features: pd.DataFrame) -> np.ndarray:
-    return features[list(XGB_COLUMNS)].to_numpy(np.float32)
+def xgb_matrix(features: pd.DataFrame, order: np.ndarray | None = None) -> np.ndarray:
+    """XGBoost's float32 matrix, its rows in `order` (all of them in file order by default).
+
+    Each narrow column (int8/int16 codes) is gathered on its own and cast into its column of
+    the result: at 2.85M trips 0.2 s, where taking the rows of the finished float32 matrix
+    cost 0.6-1.2 s. The values are the same either way, so are the trees.
+    """
+    n = len(features) if order is None else len(order)
+    matrix = np.empty((n, len(XGB_COLUMNS)), dtype=np.float32)
+    for j, name in enumerate(XGB_COLUMNS):
+        column = features[name].to_numpy()
+        matrix[:, j] = column if order is None else column[order]
+    return matrix
 
 
 def xgb_row_order(features: pd.DataFrame) -> np.ndarray:
@@ -287,7 +298,7 @@ def fit(
     xp = params.xgboost
     order = xgb_row_order(features)
     dtrain = xgb.DMatrix(
-        xgb_matrix(features)[order],
+        xgb_matrix(features, order),
         label=y[order],
         feature_names=list(XGB_COLUMNS),
         feature_types=list(XGB_TYPES),
