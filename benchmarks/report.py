@@ -40,6 +40,9 @@ TARGET_NOOP_S, TARGET_PREFECT_S, TARGET_XGB_RMSE = 1.5, 1.0, 5.0
 # change over the stages' own `dvc repro --single-item` (the same work, the project's kept
 # Prefect server running).
 TARGET_MAKE_NOOP_ADDED_S, TARGET_ONE_STAGE_ADDED_S = 1.5, 2.0
+# Issue 13, target 3: XGBoost's train at 64x, its validation RMSE at 1x (the real months),
+# and how much a boosting round's cost grows from 16x to 64x (4x the rows).
+TARGET_XGB_64X_S, TARGET_XGB_1X_RMSE, TARGET_XGB_ROUND_GROWTH = 20.0, 4.45, 4.4
 
 
 def machine(command: str, loadavg_start: tuple[float, ...]) -> dict[str, Any]:
@@ -183,6 +186,9 @@ def targets(
     )
     one_stage = prefect.get("one_stage_change") or {}
     one_stage_added = one_stage["added_seconds"] + sync if "added_seconds" in one_stage else None
+    xgb = {n: table.get(("ours", "train xgboost", n)) for n in (16, 64)}
+    per_round = {n: r["seconds"] / r["params"]["n_rounds"] for n, r in xgb.items() if r}
+    growth = per_round[64] / per_round[16] if len(per_round) == 2 else None
     kept_noop = prefect.get("noop_kept_server") or {}
     kept_noop_added = kept_noop["added_seconds"] + sync if "added_seconds" in kept_noop else None
     return [
@@ -240,6 +246,24 @@ def targets(
             f"ours XGBoost validation RMSE < {TARGET_XGB_RMSE}",
             q.get(("ours", "xgboost")),
             (q.get(("ours", "xgboost")) or math.inf) < TARGET_XGB_RMSE,
+        ),
+        verdict(
+            f"ours XGBoost train at 64x <= {TARGET_XGB_64X_S} s",
+            xgb[64]["seconds"] if xgb[64] else None,
+            bool(xgb[64]) and xgb[64]["seconds"] <= TARGET_XGB_64X_S,
+            f"{xgb[64]['params']['n_rounds']} rounds, {xgb[64]['rows']:,} trips" if xgb[64] else "",
+        ),
+        verdict(
+            f"ours XGBoost validation RMSE at 1x <= {TARGET_XGB_1X_RMSE}",
+            q.get(("ours", "xgboost")),
+            (q.get(("ours", "xgboost")) or math.inf) <= TARGET_XGB_1X_RMSE,
+        ),
+        verdict(
+            f"ours XGBoost cost per round 16x->64x grows <= {TARGET_XGB_ROUND_GROWTH}x",
+            growth,
+            growth is not None and growth <= TARGET_XGB_ROUND_GROWTH,
+            "fit seconds / rounds; 4x the rows"
+            + (f" ({per_round[16] * 1000:.1f} -> {per_round[64] * 1000:.1f} ms)" if growth else ""),
         ),
         verdict(
             "ours ridge validation RMSE < the course's Lasso",
