@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from stages.common import BadInputError, ModelParams, atomic_path
+from stages.common import BadInputError, ModelParams, XGBoostParams, atomic_path
 from stages.encoding import TARGET, encode
 
 LINEAR_TYPES = ("lasso", "ridge")
@@ -256,6 +256,25 @@ def xgb_row_order(features: pd.DataFrame) -> np.ndarray:
     )
 
 
+def booster_params(xp: XGBoostParams, seed: int, threads: int) -> dict[str, Any]:
+    """XGBoost's training params from model.xgboost (one place for the single-process and
+    the Dask fit, stages.cluster)."""
+    return {
+        "objective": "reg:squarederror",
+        "tree_method": "hist",
+        "learning_rate": xp.learning_rate,
+        "max_depth": xp.max_depth,
+        "min_child_weight": xp.min_child_weight,
+        "subsample": xp.subsample,
+        "colsample_bytree": xp.colsample_bytree,
+        "max_cat_to_onehot": xp.max_cat_to_onehot,
+        "reg_lambda": xp.reg_lambda,
+        "gamma": xp.gamma,
+        "seed": seed,
+        "nthread": threads,
+    }
+
+
 def fit(
     features: pd.DataFrame,
     encoders: dict,
@@ -317,21 +336,7 @@ def fit(
         )
         evals = [(dwatch, "watch")]
     booster = xgb.train(
-        {
-            "objective": "reg:squarederror",
-            "tree_method": "hist",
-            "learning_rate": xp.learning_rate,
-            "max_depth": xp.max_depth,
-            "min_child_weight": xp.min_child_weight,
-            "subsample": xp.subsample,
-            "colsample_bytree": xp.colsample_bytree,
-            "max_cat_to_onehot": xp.max_cat_to_onehot,
-            "reg_lambda": xp.reg_lambda,
-            "gamma": xp.gamma,
-            "seed": seed,
-            "nthread": threads,
-        }
-        | ({"eval_metric": "rmse"} if evals else {}),
+        booster_params(xp, seed, threads) | ({"eval_metric": "rmse"} if evals else {}),
         dtrain,
         num_boost_round=xp.n_rounds,
         evals=evals,
