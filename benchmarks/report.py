@@ -64,6 +64,8 @@ def machine(command: str, loadavg_start: tuple[float, ...]) -> dict[str, Any]:
 
 
 def key(row: dict) -> str:
+    if row["stage"] == "dask":
+        return f"dask xgboost {row['workers']} workers"
     return row["stage"] if row["stage"] != "train" else f"train {row['model']}"
 
 
@@ -99,7 +101,7 @@ def exponent(points: list[tuple[float, float]]) -> float | None:
 
 def scaling(table: dict, min_scale: int = 4) -> list[dict[str, Any]]:
     out = []
-    for impl, stage in sorted({(i, s) for i, s, _ in table}):
+    for impl, stage in sorted({(i, s) for i, s, _ in table if not s.startswith("dask")}):
         pts = [
             (r["rows"], r["seconds"], r["peak_rss_mib"])
             for (i, s, n), r in table.items()
@@ -366,6 +368,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines,
     )
     md += xgboost_rounds_markdown(table)
+    md += dask_markdown(table)
     md += ["", "## Cost vs rows (log-log slope, 4x and up; 1.0 = linear)", ""]
     md += _table(
         ["impl", "stage", "points", "time exponent", "memory exponent"],
@@ -388,6 +391,47 @@ def markdown(results: dict[str, Any]) -> str:
         md += ["", "## Failed measurements", ""]
         md += [f"- {r['impl']} {key(r)} x{r['scale']}: {r['error'][-300:]}" for r in errors]
     return "\n".join(md) + "\n"
+
+
+def dask_markdown(table: dict) -> list[str]:
+    """XGBoost on a Dask LocalCluster: 1 vs 2 local workers, beside the single process."""
+    lines = []
+    for (impl, stage, scale), r in sorted(table.items()):
+        if impl == "ours" and stage.startswith("dask"):
+            single = table.get(("ours", "train xgboost", scale))
+            lines.append(
+                [
+                    f"{scale}x",
+                    r["params"]["workers"],
+                    r["rows"],
+                    r["seconds"],
+                    r.get("validation_rmse"),
+                    single["seconds"] if single else None,
+                    single.get("validation_rmse") if single else None,
+                ]
+            )
+    if not lines:
+        return []
+    md = [
+        "",
+        "## XGBoost on a Dask LocalCluster (model.xgboost.cluster: local)",
+        "",
+        "One thread per worker; the time includes starting the cluster and reading the"
+        " features as partitions. Beside it the single-process fit (base.threads threads).",
+        "",
+    ]
+    return md + _table(
+        [
+            "scale",
+            "workers",
+            "rows",
+            "dask s",
+            "dask validation RMSE",
+            "single process s",
+            "single process validation RMSE",
+        ],
+        lines,
+    )
 
 
 def xgboost_rounds_markdown(table: dict) -> list[str]:
