@@ -20,7 +20,7 @@ import numpy as np
 
 from stages.common import BadInputError, ModelParams, TransientError
 from stages.encoding import TARGET
-from stages.model import XGB_COLUMNS, XGB_TYPES, booster_params, xgb_row_order
+from stages.model import XGB_COLUMNS, XGB_TYPES, booster_params, import_xgboost, xgb_row_order
 
 log = logging.getLogger("stages.cluster")
 # Seconds to reach a scheduler before the stage fails as transient (the flow retries it).
@@ -93,6 +93,7 @@ def fit_on_cluster(
 ) -> tuple[dict[str, Any], float]:
     """Fit XGBoost on the cluster params.xgboost names; the model document and its RMSE on
     the training trips, both computed on the workers."""
+    import_xgboost()  # before the LocalCluster's workers inherit the environment
     from xgboost import dask as dxgb
 
     xp = params.xgboost
