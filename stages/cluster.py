@@ -71,7 +71,8 @@ def read_partitions(client: Any, features: Path, partitions: int) -> Any:
     import dask.dataframe as dd
     from distributed import wait
 
-    frame = dd.read_parquet(str(features), columns=[*XGB_COLUMNS, TARGET])
+    # An absolute path: the workers' working directories are not the stage's.
+    frame = dd.read_parquet(str(Path(features).resolve()), columns=[*XGB_COLUMNS, TARGET])
     missing = [c for c in (*XGB_COLUMNS, TARGET) if c not in frame.columns]
     if missing:
         raise BadInputError(f"{features}: missing columns {', '.join(missing)}")
