@@ -43,6 +43,9 @@ TARGET_MAKE_NOOP_ADDED_S, TARGET_ONE_STAGE_ADDED_S = 1.5, 2.0
 # Issue 13, target 1: a stage's MLflow record (its `mlflow_seconds`, SQLite store) and a cold
 # `dvc repro` of the three real months, at least half of it the stages' own work.
 TARGET_RECORD_S, TARGET_COLD_REPRO_S = 0.4, 10.0
+# Issue 13, target 3: XGBoost's train at 64x, its validation RMSE at 1x (the real months),
+# and how much a boosting round's cost grows from 16x to 64x (4x the rows).
+TARGET_XGB_64X_S, TARGET_XGB_1X_RMSE, TARGET_XGB_ROUND_GROWTH = 20.0, 4.45, 4.4
 
 
 def machine(command: str, loadavg_start: tuple[float, ...]) -> dict[str, Any]:
@@ -64,6 +67,8 @@ def machine(command: str, loadavg_start: tuple[float, ...]) -> dict[str, Any]:
 
 
 def key(row: dict) -> str:
+    if row["stage"] == "dask":
+        return f"dask xgboost {row['workers']} workers"
     return row["stage"] if row["stage"] != "train" else f"train {row['model']}"
 
 
@@ -99,7 +104,7 @@ def exponent(points: list[tuple[float, float]]) -> float | None:
 
 def scaling(table: dict, min_scale: int = 4) -> list[dict[str, Any]]:
     out = []
-    for impl, stage in sorted({(i, s) for i, s, _ in table}):
+    for impl, stage in sorted({(i, s) for i, s, _ in table if not s.startswith("dask")}):
         pts = [
             (r["rows"], r["seconds"], r["peak_rss_mib"])
             for (i, s, n), r in table.items()
@@ -186,6 +191,9 @@ def targets(
     )
     one_stage = prefect.get("one_stage_change") or {}
     one_stage_added = one_stage["added_seconds"] + sync if "added_seconds" in one_stage else None
+    xgb = {n: table.get(("ours", "train xgboost", n)) for n in (16, 64)}
+    per_round = {n: r["seconds"] / r["params"]["n_rounds"] for n, r in xgb.items() if r}
+    growth = per_round[64] / per_round[16] if len(per_round) == 2 else None
     kept_noop = prefect.get("noop_kept_server") or {}
     kept_noop_added = kept_noop["added_seconds"] + sync if "added_seconds" in kept_noop else None
     record = dvc.get("mlflow") or {}
@@ -264,6 +272,24 @@ def targets(
             f"ours XGBoost validation RMSE < {TARGET_XGB_RMSE}",
             q.get(("ours", "xgboost")),
             (q.get(("ours", "xgboost")) or math.inf) < TARGET_XGB_RMSE,
+        ),
+        verdict(
+            f"ours XGBoost train at 64x <= {TARGET_XGB_64X_S} s",
+            xgb[64]["seconds"] if xgb[64] else None,
+            bool(xgb[64]) and xgb[64]["seconds"] <= TARGET_XGB_64X_S,
+            f"{xgb[64]['params']['n_rounds']} rounds, {xgb[64]['rows']:,} trips" if xgb[64] else "",
+        ),
+        verdict(
+            f"ours XGBoost validation RMSE at 1x <= {TARGET_XGB_1X_RMSE}",
+            q.get(("ours", "xgboost")),
+            (q.get(("ours", "xgboost")) or math.inf) <= TARGET_XGB_1X_RMSE,
+        ),
+        verdict(
+            f"ours XGBoost cost per round 16x->64x grows <= {TARGET_XGB_ROUND_GROWTH}x",
+            growth,
+            growth is not None and growth <= TARGET_XGB_ROUND_GROWTH,
+            "fit seconds / rounds; 4x the rows"
+            + (f" ({per_round[16] * 1000:.1f} -> {per_round[64] * 1000:.1f} ms)" if growth else ""),
         ),
         verdict(
             "ours ridge validation RMSE < the course's Lasso",
@@ -366,6 +392,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines,
     )
     md += xgboost_rounds_markdown(table)
+    md += dask_markdown(table)
     md += ["", "## Cost vs rows (log-log slope, 4x and up; 1.0 = linear)", ""]
     md += _table(
         ["impl", "stage", "points", "time exponent", "memory exponent"],
@@ -388,6 +415,47 @@ def markdown(results: dict[str, Any]) -> str:
         md += ["", "## Failed measurements", ""]
         md += [f"- {r['impl']} {key(r)} x{r['scale']}: {r['error'][-300:]}" for r in errors]
     return "\n".join(md) + "\n"
+
+
+def dask_markdown(table: dict) -> list[str]:
+    """XGBoost on a Dask LocalCluster: 1 vs 2 local workers, beside the single process."""
+    lines = []
+    for (impl, stage, scale), r in sorted(table.items()):
+        if impl == "ours" and stage.startswith("dask"):
+            single = table.get(("ours", "train xgboost", scale))
+            lines.append(
+                [
+                    f"{scale}x",
+                    r["params"]["workers"],
+                    r["rows"],
+                    r["seconds"],
+                    r.get("validation_rmse"),
+                    single["seconds"] if single else None,
+                    single.get("validation_rmse") if single else None,
+                ]
+            )
+    if not lines:
+        return []
+    md = [
+        "",
+        "## XGBoost on a Dask LocalCluster (model.xgboost.cluster: local)",
+        "",
+        "One thread per worker; the time includes starting the cluster and reading the"
+        " features as partitions. Beside it the single-process fit (base.threads threads).",
+        "",
+    ]
+    return md + _table(
+        [
+            "scale",
+            "workers",
+            "rows",
+            "dask s",
+            "dask validation RMSE",
+            "single process s",
+            "single process validation RMSE",
+        ],
+        lines,
+    )
 
 
 def xgboost_rounds_markdown(table: dict) -> list[str]:

@@ -29,6 +29,9 @@ MODELS = ("ridge", "lasso", "xgboost")
 # The course's orchestration script trains 30 rounds; the notebook's 1000 (with early
 # stopping) is used for the quality comparison at 1x only, where it takes seconds not hours.
 COURSE_XGB_ROUNDS = 30
+# XGBoost on a Dask LocalCluster (model.xgboost.cluster: local) with 1 and 2 workers, at
+# this scale when it is run (issue 13, target 5).
+DASK_SCALE, DASK_WORKERS = 16, (1, 2)
 TRAIN_FILE, VALIDATION_FILE = "green_tripdata_2025-01.parquet", "green_tripdata_2025-02.parquet"
 ZONES_FILE = "taxi_zone_lookup.csv"
 
@@ -105,6 +108,11 @@ def plan(args: argparse.Namespace, raw: dict[int, Path], workdir: Path) -> list[
             }
             for m in course_models
         ]
+        if scale == DASK_SCALE and "xgboost" in args.models:
+            specs += [
+                {**at, "impl": "ours", "stage": "dask", "model": "xgboost", "workers": w}
+                for w in DASK_WORKERS
+            ]
         if scale == 1 and "xgboost" in course_models and args.quality_xgb_rounds:
             specs.append(
                 {
@@ -143,7 +151,7 @@ def measure_all(specs: list[dict[str, Any]], repeats: int, timeout: float) -> li
         best = min(ok, key=lambda t: t["seconds"]) if ok else tries[0]
         if ok and repeats > 1:
             best["all_seconds"] = [t["seconds"] for t in ok]
-        keys = ("impl", "stage", "model", "scale", "purpose", "xgb_rounds")
+        keys = ("impl", "stage", "model", "scale", "purpose", "xgb_rounds", "workers")
         row = {k: spec[k] for k in keys if k in spec} | best
         rows.append(row)
         shown = f"{best['seconds']:.2f} s" if ok else f"FAILED: {best['error'][-200:]}"

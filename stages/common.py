@@ -145,6 +145,10 @@ class FeaturesParams(_Section):
     clip_distance_miles: float = Field(gt=0)
 
 
+# none | local | a Dask scheduler address: tcp:// or tls://, a host, a port.
+CLUSTER_PATTERN = r"^(none|local|(tcp|tls)://[A-Za-z0-9._\[\]:-]+:[0-9]{1,5})$"
+
+
 class XGBoostParams(_Section):
     n_rounds: int = Field(ge=1)
     learning_rate: float = Field(gt=0, le=1)
@@ -155,6 +159,11 @@ class XGBoostParams(_Section):
     max_cat_to_onehot: int = Field(ge=1)
     reg_lambda: float = Field(ge=0)  # L2 on leaf weights (XGBoost's `lambda`)
     gamma: float = Field(ge=0)  # the loss reduction a split must make
+    # Where XGBoost trains: `none` in this process; `local` on a Dask LocalCluster of
+    # `workers` processes started by train; or a running Dask scheduler's address
+    # (tcp://host:8786), whose workers read the feature file as Dask partitions.
+    cluster: str = Field(pattern=CLUSTER_PATTERN)
+    workers: int = Field(ge=1, le=256)  # partitions of the data; processes for `local`
 
 
 class ModelParams(_Section):

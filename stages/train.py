@@ -36,13 +36,24 @@ def main(argv: list[str] | None) -> None:
         features = pd.read_parquet(args.features)
         encoders = read_json(args.encoders)
         started = time.perf_counter()
-        model = models.fit(features, encoders, model_params, seed=base.seed, threads=base.threads)
-        fit_seconds = time.perf_counter() - started
-        residual = models.predict(model, features, encoders, base.threads) - features[models.TARGET]
+        if model_params.type == "xgboost" and model_params.xgboost.cluster != "none":
+            from stages import cluster
+
+            model, train_rmse = cluster.fit_on_cluster(
+                args.features, model_params, seed=base.seed, threads=base.threads
+            )
+            fit_seconds = time.perf_counter() - started
+        else:
+            model = models.fit(
+                features, encoders, model_params, seed=base.seed, threads=base.threads
+            )
+            fit_seconds = time.perf_counter() - started
+            predicted = models.predict(model, features, encoders, base.threads)
+            train_rmse = float(np.sqrt(np.mean((predicted - features[models.TARGET]) ** 2)))
         metrics = {
             "model_type": model_params.type,
             "train_rows": len(features),
-            "train_rmse": round(float(np.sqrt(np.mean(residual**2))), 6),
+            "train_rmse": round(train_rmse, 6),
         }
         models.save(model, run.output(args.model))
         write_json(run.output(args.metrics), metrics)

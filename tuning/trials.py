@@ -271,7 +271,8 @@ def pruning_callback(trial: Any, interval: int, steps: list[tuple[int, float]]) 
     to Optuna (kept in `steps` for the record) and stop the fit when the pruner says so. Its
     own time (`seconds`: a write to the study and the pruner's query) is overhead, not fit."""
     import optuna
-    import xgboost as xgb
+
+    xgb = models.import_xgboost()
 
     class Pruning(xgb.callback.TrainingCallback):
         seconds = 0.0
