@@ -449,7 +449,11 @@ def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
         stream=sys.stderr,
     )
     try:
-        main(None)
+        try:
+            main(None)
+        except BaseException:
+            put_back_outputs(os.environ.get(STAGE_ENV, "").rpartition(":")[2])
+            raise
     except BadInputError as exc:
         _fail(f"{BAD_INPUT_PREFIX} {name}: {exc}", EXIT_BAD_INPUT)
     except TransientError as exc:
@@ -459,6 +463,52 @@ def run_stage(name: str, main: Callable[[list[str] | None], None]) -> None:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"{IO_PREFIX} {name}: {where}{exc.strerror or exc}", EXIT_IO)
+
+
+def dvc_cache_dir(root: Path) -> Path:
+    """The DVC cache of the project at `root`, from its config files as DVC reads them
+    (`.dvc/config.local` over `.dvc/config`; a relative `dir` is relative to `.dvc`), without
+    importing DVC (a second for a stage)."""
+    for name in ("config.local", "config"):
+        path = root / ".dvc" / name
+        text = path.read_text() if path.is_file() else ""
+        section = re.search(r"^\[cache\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+        found = section and re.search(r"^\s*dir\s*=\s*(.+?)\s*$", section.group(1), re.M)
+        if found:
+            return (root / ".dvc" / found.group(1)).resolve()
+    return root / ".dvc" / "cache"
+
+
+def put_back_outputs(stage: str, root: Path | None = None) -> list[str]:
+    """A failed stage's declared outputs, as dvc.lock last recorded them, back from the DVC
+    cache where they are missing; the paths put back.
+
+    Outputs are not `persist`ent (DVC's run-cache needs that), so DVC deletes them before it
+    runs the command: a stage that refuses its input, fails or is interrupted would otherwise
+    leave the workspace without its last good files while dvc.lock still names them."""
+    root = root or Path.cwd()
+    lock = root / "dvc.lock"
+    if not stage or not lock.is_file():
+        return []
+    try:
+        entry = (load_yaml(lock.read_text()) or {}).get("stages", {}).get(stage) or {}
+    except yaml.YAMLError:
+        return []
+    cache = dvc_cache_dir(root)
+    restored = []
+    for out in entry.get("outs") or []:
+        target, md5 = root / out["path"], out.get("md5", "")
+        source = cache / "files" / "md5" / md5[:2] / md5[2:]
+        if target.exists() or not md5 or md5.endswith(".dir") or not source.is_file():
+            continue
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        restored.append(out["path"])
+    if restored:
+        logging.getLogger("stages").warning(
+            "put back the last good %s from the DVC cache (dvc.lock unchanged)", ", ".join(restored)
+        )
+    return restored
 
 
 def _fail(line: str, status: int) -> None:
