@@ -4,6 +4,7 @@ stage's item, and staged outputs committed all or nothing."""
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import pytest
 import yaml
@@ -221,3 +222,34 @@ def test_staging_of_dead_processes_is_removed(tmp_path):
     assert not dead.exists() and live.dir.exists()
     StagedOutputs(root)  # another stage of the same process keeps this one's folder
     assert live.dir.exists()
+
+
+def test_a_failed_stage_puts_back_its_last_good_outputs_from_the_dvc_cache(tmp_path):
+    from stages.common import dvc_cache_dir, put_back_outputs
+
+    root = tmp_path / "repo"
+    (root / ".dvc").mkdir(parents=True)
+    cache = tmp_path / "shared-cache"
+    (root / ".dvc" / "config").write_text("[core]\n    remote = x\n")
+    assert dvc_cache_dir(root) == root / ".dvc" / "cache"
+    # A worktree's `dvc cache dir --local` wins over the project's config.
+    (root / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {cache}\n")
+    assert dvc_cache_dir(root) == cache
+    model = b'{"learner": "real bytes"}'
+    md5 = hashlib.md5(model).hexdigest()
+    (cache / "files" / "md5" / md5[:2]).mkdir(parents=True)
+    (cache / "files" / "md5" / md5[:2] / md5[2:]).write_bytes(model)
+    (root / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    cmd: python -m stages.train\n    outs:\n"
+        f"    - path: models/model.json\n      md5: {md5}\n      size: {len(model)}\n"
+        "    - path: metrics/train.json\n      hash: md5\n"
+        "      md5: 0123456789abcdef0123456789abcdef\n"
+    )
+    # DVC deleted both before the command; only what the cache holds comes back.
+    assert put_back_outputs("train", root) == ["models/model.json"]
+    assert (root / "models" / "model.json").read_bytes() == model
+    assert not (root / "metrics" / "train.json").exists()
+    # An output in place is never overwritten; an unknown stage puts nothing back.
+    (root / "models" / "model.json").write_bytes(b"newer")
+    assert put_back_outputs("train", root) == []
+    assert put_back_outputs("evaluate", root) == []
