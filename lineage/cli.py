@@ -208,7 +208,7 @@ def _used_by(what: str, as_json: bool) -> int:
     else:
         from rich.console import Console
 
-        Console(highlight=False).print("\n".join(render_lines(results)))
+        Console(highlight=False, soft_wrap=True).print("\n".join(render_lines(results)))
     if any(r.found() for r in results):
         return EXIT_OK
     md5s = ", ".join(r.md5 for r in results)

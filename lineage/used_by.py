@@ -116,7 +116,7 @@ class Index:
 @dataclass(frozen=True)
 class _Step:
     """A file reached: its md5, the chain of stages to it, the month it carries and the split
-    the last run that named that month gave it, whether it is a model version's file."""
+    the last run that named that month gave it."""
 
     md5: str
     chain: tuple[str, ...]
@@ -194,6 +194,8 @@ def walk(index: Index, md5: str, path: str | None = None) -> UsedBy:
             runs_read.add(run.run_id)
             chain = (*step.chain, run.stage)
             _record_uses(index, uses, run, step, chain=chain, split=split)
+            if run.stage == record.TRAIN_STAGE:  # its model file is a version's
+                chain += tuple(_label(v) for v in index.registered_by(run))
             for out_md5 in run.outputs.values():
                 queue.append(_Step(out_md5, chain, month, split))
     result.versions = uses.of("version")
