@@ -261,6 +261,53 @@ def test_targets_a_file_an_md5_a_recorded_name_and_a_folder(index, tmp_path, mon
         targets("folder", index)
 
 
+def test_a_stage_record_read_from_an_mlflow_run():
+    from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
+
+    from lineage.record import stage_record
+
+    tags = {
+        "stage": "train",
+        "in/data/features/train.parquet": _md5("train"),
+        "out/models/model.json": _md5("model"),
+        "code/stages/train.py": _md5("code"),
+        "dvc_exp_name": "exp-b",
+        "model_name": MODEL,
+        "model_version": "2",
+    }
+    params = {"data.months.2024-02": "train", "data.colour": "green", "model.alpha": "1.0"}
+    run = Run(
+        RunInfo("r", "0", "u", "FINISHED", 5, 6, "active"),
+        RunData(
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        ),
+    )
+    assert stage_record(run) == StageRecord(
+        "r",
+        "train",
+        5,
+        {"data/features/train.parquet": _md5("train")},
+        {"models/model.json": _md5("model")},
+        {"2024-02": "train"},
+        "exp-b",
+        (MODEL, "2"),
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["models:/m/1", "--used-by", "x"], ["--used-by", "x", "--verify"]],
+)
+def test_the_command_line_takes_a_reference_or_used_by(argv, capsys):
+    from lineage.cli import EXIT_USAGE, main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == EXIT_USAGE
+    assert "--used-by" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- end to end
 
 E2E_MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04")
