@@ -252,6 +252,9 @@ def _record_uses(
             how = _evaluated(split)
             uses.add("version", _version_use(version, how, [*chain, _label(version)], run.run_id))
             experiment_how, experiment_version = how, version.version
+    elif run.stage == record.EVALUATE_STAGE:  # it evaluated the model these bytes are
+        experiment_how = "evaluated this model"
+        experiment_version = index.by_model[step.md5][0].version
     if run.stage.startswith(record.SCORE_STAGE + "@"):
         scored_with = index.by_model.get(step.md5, []) if came_as_model else models
         number = scored_with[0].version if scored_with else None

@@ -223,6 +223,10 @@ def test_a_file_between_stages_and_a_model_file(index):
     model = walk(index, _md5("model-a"), "models/model.json")
     # Version 3 has these bytes too, but its run never finished.
     assert _uses(model, "versions") == {f"{MODEL}/1": ("is its model", "train -> v1")}
+    model_b = walk(index, _md5("model-b"), "models/model.json")
+    assert [(u.target, u.how, u.version) for u in model_b.experiments] == [
+        ("exp-b", "evaluated this model", "2")
+    ]
     assert set(_uses(model, "predictions")) == {"predictions/green_tripdata_2024-04.parquet"}
 
 
