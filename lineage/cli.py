@@ -5,11 +5,13 @@ python -m lineage <mlflow run id> --verify
 python -m lineage models/model.json --restore /tmp/raw [--with-features]
 python -m lineage predictions/green_tripdata_2025-03.parquet --verify   # batch scoring's output
 python -m lineage models:/nyc-taxi-trip-duration-minutes/latest --reproduce --json
+python -m lineage --used-by data/raw/green_tripdata_2024-02.parquet   # what used these bytes
 
 Exit status: 0 traced (and verified / reproduced, when asked); 1 a check failed (a hash
 differs from dvc.lock or the cache, the reproduction differs); 2 usage (bad arguments, a
 --restore destination that is a file); 3 not found (model version, run, producer, commit or
-cached file); 4 the MLflow store cannot be reached or used.
+cached file; for --used-by: nothing in the record used the bytes); 4 the MLflow store
+cannot be reached or used.
 """
 
 from __future__ import annotations
@@ -84,8 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "ref",
+        nargs="?",
         help="models:/<name>/<version|latest>, an MLflow run id, a model file or a predictions "
         "file of flows.score",
+    )
+    parser.add_argument(
+        "--used-by",
+        metavar="FILE_OR_MD5",
+        help="the reverse: every model version, DVC experiment and predictions file whose "
+        "lineage includes these bytes (a file's, an md5, or every md5 the record holds for a "
+        "file name that is not on disk)",
     )
     parser.add_argument(
         "--verify",
@@ -105,13 +115,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; a bad combination exits with status 2 (argparse's usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.ref is None) == (args.used_by is None):
+        parser.error("give a model reference to trace, or --used-by FILE_OR_MD5 (not both)")
+    if args.used_by is not None and (
+        args.verify or args.restore or args.reproduce or args.with_features
+    ):
+        parser.error("--used-by takes only --json")
+    return args
+
+
 def _error(message: str, status: int) -> int:
     print(f"lineage: {message}", file=sys.stderr)  # noqa: T201 - the one line a person reads
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _arguments(argv)
+    if args.used_by is not None:
+        return _used_by(args.used_by, args.json)
+    return _trace(args)
+
+
+def _trace(args: argparse.Namespace) -> int:
     if args.restore and args.restore.exists() and not args.restore.is_dir():
         return _error(f"--restore {args.restore}: exists and is not a directory", EXIT_USAGE)
     from lineage.trace import reproduce, restore, verify
@@ -158,3 +187,33 @@ def _show(lineage: Lineage, report: dict[str, Any], args: argparse.Namespace) ->
         console.print(f"restored {path}")
     if "reproduce" in report:
         console.print(f"reproduce: {report['reproduce']}")
+
+
+def _used_by(what: str, as_json: bool) -> int:
+    from lineage.used_by import UsageError, render_lines, used_by
+
+    try:
+        tracer = Tracer()
+        results = used_by(what, tracer.client, tracer.experiment_ids)
+    except NotFoundError as exc:
+        return _error(str(exc), EXIT_NOT_FOUND)
+    except (record.TrackingUnavailableError, record.TrackingStoreError) as exc:
+        return _error(str(exc), EXIT_STORE)
+    except UsageError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        return _error(f"{exc.filename or what}: {exc.strerror or exc}", EXIT_USAGE)
+    if as_json:
+        print(json.dumps([asdict(r) for r in results], indent=2))  # noqa: T201 - the output
+    else:
+        from rich.console import Console
+
+        Console(highlight=False, soft_wrap=True).print("\n".join(render_lines(results)))
+    if any(r.found() for r in results):
+        return EXIT_OK
+    md5s = ", ".join(r.md5 for r in results)
+    return _error(
+        f"{what} (md5 {md5s}): no model version, DVC experiment or predictions file in the "
+        "record used these bytes",
+        EXIT_NOT_FOUND,
+    )

@@ -52,6 +52,8 @@ MODEL_VERSION_TAG = "model_version"
 # the model file it scored with (the producer of that md5 is the model's train run), out/ the
 # predictions, and the registered version it resolved the model URI to.
 SCORE_STAGE = "score"
+# The stages reverse lineage tells apart: a model is trained by `train`, judged by `evaluate`.
+TRAIN_STAGE, EVALUATE_STAGE = "train", "evaluate"
 SCORED_MODEL_URI_TAG, SCORED_MODEL_VERSION_TAG = "scored_model_uri", "scored_model_version"
 # Tags of a model version besides raw/ and in/: its run and its files.
 RUN_ID_TAG = "run_id"
@@ -430,3 +432,117 @@ def same_model_version(client: Any, model_name: str, tags: Mapping[str, str]) ->
         if finished:
             return version
     return None
+
+
+# --------------------------------------------------------------------------- reverse lineage
+
+# A run's params hold the split each month fed as `data.months.<month>` (flatten of the
+# `data` section): what tells a month a model trained on from one it was evaluated on.
+MONTH_SPLIT_PARAM = "data.months."
+EXPERIMENT_NAME_TAG = "dvc_exp_name"
+# Runs are read in pages of this many (MLflow's default page; its threshold is 50,000).
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    """What reverse lineage reads of one finished stage run: its files by md5, the split it
+    gave each month, the DVC experiment it ran in, the model version it registered."""
+
+    run_id: str
+    stage: str
+    start_time: int
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    month_splits: dict[str, str] = field(default_factory=dict)
+    experiment: str | None = None
+    model_version: tuple[str, str] | None = None  # (name, version) of a train run
+
+    @property
+    def item(self) -> str | None:
+        """The foreach item of the stage (`prepare@2024-02` -> `2024-02`), if any."""
+        return self.stage.partition("@")[2] or None
+
+
+def stage_record(run: Any) -> StageRecord:
+    """A StageRecord of an MLflow run."""
+    tags, params = run.data.tags, run.data.params
+    name, number = tags.get(MODEL_NAME_TAG), tags.get(MODEL_VERSION_TAG)
+    return StageRecord(
+        run.info.run_id,
+        tags.get(STAGE_TAG, "?"),
+        int(run.info.start_time or 0),
+        tagged_files(tags, INPUT),
+        tagged_files(tags, OUTPUT),
+        {
+            key.removeprefix(MONTH_SPLIT_PARAM): value
+            for key, value in params.items()
+            if key.startswith(MONTH_SPLIT_PARAM)
+        },
+        tags.get(EXPERIMENT_NAME_TAG),
+        (name, number) if name and number else None,
+    )
+
+
+def finished_stage_runs(client: Any, experiment_ids: list[str]) -> list[StageRecord]:
+    """Every finished run of the experiments, oldest first, in pages: one query a page.
+
+    One scan rather than one `in/<path>` query per file: a consumer is found by the md5 it
+    read under any name (a month scored from a downloaded copy, a model file of the registry),
+    and MLflow cannot search a tag value whatever its key. A few hundred runs: one page.
+    """
+    records, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=PAGE_SIZE,
+            page_token=token,
+        )
+        records.extend(stage_record(run) for run in page)
+        token = page.token
+        if not token:
+            return records
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A registered model version as reverse lineage reads it."""
+
+    name: str
+    version: str
+    run_id: str
+    model_md5: str | None
+    aliases: tuple[str, ...] = ()
+
+
+def registered_versions(client: Any, model_name: str) -> list[VersionRecord]:
+    """Every version of a registered model with its aliases, in pages of one query each."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = dict(client.get_registered_model(model_name).aliases or {})
+    except MlflowException:
+        return []  # no such model (any more): none of its versions can be listed
+    by_version: dict[str, list[str]] = {}
+    for alias, number in aliases.items():
+        by_version.setdefault(str(number), []).append(alias)
+    versions, token = [], None
+    while True:
+        page = client.search_model_versions(
+            f"name = '{model_name}'", max_results=PAGE_SIZE, page_token=token
+        )
+        versions.extend(
+            VersionRecord(
+                v.name,
+                str(v.version),
+                v.run_id,
+                (v.tags or {}).get(MODEL_MD5_TAG),
+                tuple(sorted(by_version.get(str(v.version), []))),
+            )
+            for v in page
+        )
+        token = page.token
+        if not token:
+            return versions
