@@ -146,7 +146,28 @@ def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
         "noop_output": proc.stdout.strip().splitlines()[-1:],
     }
     result["mlflow"] = mlflow_seconds(env["MLFLOW_TRACKING_URI"])
+    result["run_cache"] = back_to_earlier_params(repo, env)
     return result
+
+
+def back_to_earlier_params(repo: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Issue 13, target 2: `dvc exp run -S model.alpha=0.05` (trains), then back to the
+    built params (`model.alpha=1.0`: DVC's run-cache restores train and evaluate), then
+    `dvc exp apply` of the first experiment (a checkout from the cache)."""
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "built"]):
+        subprocess.run(cmd, cwd=repo, env=env, capture_output=True, check=True)
+    new, _ = timed(["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "alpha-005"], repo, env)
+    back, proc = timed(["dvc", "exp", "run", "-S", "model.alpha=1.0", "-n", "alpha-1"], repo, env)
+    restored = sorted(set(re.findall(r"Stage '([^']+)' is cached", proc.stdout + proc.stderr)))
+    ran = sorted(set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr)))
+    apply, _ = timed(["dvc", "exp", "apply", "alpha-005"], repo, env)
+    return {
+        "new_params_seconds": round(new, 3),
+        "earlier_params_seconds": round(back, 3),
+        "restored_from_run_cache": restored,
+        "ran": ran,
+        "exp_apply_seconds": round(apply, 3),
+    }
 
 
 FLOW_COMMAND = [sys.executable, "-m", "flows.pipeline"]
