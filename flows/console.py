@@ -64,8 +64,13 @@ class StageProgress(logging.Handler):
                 self.status.start()
             return
         self._stop()
-        mark = {"ran": "[green]✓[/]", "skipped": "[dim]·[/]"}.get(event["status"], "[red]✗[/]")
-        detail = f"{event['seconds']:.1f} s" if event["status"] == "ran" else "unchanged"
+        mark = {"ran": "[green]✓[/]", "skipped": "[dim]·[/]", "restored": "[cyan]↺[/]"}.get(
+            event["status"], "[red]✗[/]"
+        )
+        detail = {
+            "ran": f"{event.get('seconds', 0):.1f} s",
+            "restored": "from DVC's run-cache",
+        }.get(event["status"], "unchanged")
         if event.get("attempts", 1) > 1:
             detail += f", attempt {event['attempts']}"
         self.console.print(f"  {mark} {event['stage']:<18} {event['status']:<8} {detail}")
@@ -192,7 +197,10 @@ def summary_lines(result: dict[str, Any], prefect_ui: str | None = None) -> list
     """The few lines that end a successful run."""
     stages = result["stages"]
     ran = [s["stage"] for s in stages if s["status"] == "ran"]
-    lines = [f"[bold]{len(ran)} stage(s) ran, {len(stages) - len(ran)} unchanged[/]"]
+    restored = [s["stage"] for s in stages if s["status"] == "restored"]
+    unchanged = len(stages) - len(ran) - len(restored)
+    again = f", {len(restored)} restored from DVC's run-cache" if restored else ""
+    lines = [f"[bold]{len(ran)} stage(s) ran{again}, {unchanged} unchanged[/]"]
     if result.get("experiment"):
         lines.append(f"experiment: {result['experiment']} (dvc exp show)")
     pushed = result.get("pushed") or {}

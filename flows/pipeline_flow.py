@@ -100,6 +100,10 @@ def repro_stage(
         logger.info("%s: unchanged, DVC skipped it", stage, extra=_event("end", outcome))
         message = f"{stage}: unchanged, skipped by DVC"
         return Completed(name="Skipped", message=message, data=outcome)
+    if status == "restored":
+        logger.info("%s: restored from DVC's run-cache", stage, extra=_event("end", outcome))
+        message = f"{stage}: outputs of an earlier run with these deps and params, not run again"
+        return Completed(name="Restored", message=message, data=outcome)
     logger.info("%s: ran in %.1f s", stage, outcome["seconds"], extra=_event("end", outcome))
     return outcome
 
@@ -218,11 +222,10 @@ def pipeline(
                 )
                 outcome = state.result()  # a failed stage raises its own error here
                 outcomes.append(outcome)
-                if outcome["status"] == "ran":
+                if outcome["status"] in ("ran", "restored"):  # its outputs changed
                     ran.add(stage.name)
             repro.check_interrupted()
-            if ran:
-                _prune_lock(repo, planned)
+            _prune_lock(repo, planned)
             if name:
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)

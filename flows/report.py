@@ -196,7 +196,7 @@ def render_markdown(
     lines += ["", *_table(quality), "", "## Metrics (minutes)", "", *_table(metrics), ""]
     lines += ["## Model and MLflow", ""]
     model_md5 = next((h["md5"] for h in hashes if h["path"] == MODEL_PATH), "none")
-    if not any(o["status"] == "ran" for o in outcomes):
+    if not any(o["status"] in ("ran", "restored") for o in outcomes):
         lines.append(
             f"No stage ran, so MLflow holds nothing new: the model is the one dvc.lock records "
             f"(md5 `{model_md5}`); `python -m lineage {MODEL_PATH}` finds its run and version."
@@ -230,7 +230,7 @@ def publish(
     hashes = data_hashes(repo)
     model_md5 = next((h["md5"] for h in hashes if h["path"] == MODEL_PATH), "")
     # Nothing ran, nothing new in MLflow: spare the 2-3 s of importing and opening it.
-    ran = any(o["status"] == "ran" for o in outcomes)
+    ran = any(o["status"] in ("ran", "restored") for o in outcomes)
     summary = {
         "quality": quality_rows(repo),
         "metrics": metric_rows(repo),

@@ -457,6 +457,7 @@ class StageRecord:
     month_splits: dict[str, str] = field(default_factory=dict)
     experiment: str | None = None
     model_version: tuple[str, str] | None = None  # (name, version) of a train run
+    pipeline_run: str | None = None  # the execution it belongs to (PIPELINE_RUN_TAG)
 
     @property
     def item(self) -> str | None:
@@ -481,6 +482,7 @@ def stage_record(run: Any) -> StageRecord:
         },
         tags.get(EXPERIMENT_NAME_TAG),
         (name, number) if name and number else None,
+        tags.get(PIPELINE_RUN_TAG),
     )
 
 

@@ -122,6 +122,7 @@ class _Step:
     chain: tuple[str, ...]
     month: str | None
     split: str | None
+    via: str | None = None  # the run that wrote it on this chain (None: the bytes asked about)
 
 
 def _label(version: record.VersionRecord) -> str:
@@ -181,7 +182,12 @@ def walk(index: Index, md5: str, path: str | None = None) -> UsedBy:
         if (step.md5, step.month, step.split) in seen_files:
             continue
         seen_files.add((step.md5, step.month, step.split))
-        for run, _ in index.consumers.get(step.md5, []):
+        for run, read_as in index.consumers.get(step.md5, []):
+            if step.via is not None and _resolved_producer(index, run, read_as, step.md5) not in (
+                None,
+                step.via,
+            ):
+                continue  # the same bytes, but this run's trace goes through another writer
             month = step.month
             if month is None and run.item in run.month_splits:
                 month = run.item
@@ -197,12 +203,27 @@ def walk(index: Index, md5: str, path: str | None = None) -> UsedBy:
             if run.stage == record.TRAIN_STAGE:  # its model file is a version's
                 chain += tuple(_label(v) for v in index.registered_by(run))
             for out_md5 in run.outputs.values():
-                queue.append(_Step(out_md5, chain, month, split))
+                queue.append(_Step(out_md5, chain, month, split, run.run_id))
     result.versions = uses.of("version")
     result.experiments = uses.of("experiment")
     result.predictions = uses.of("predictions")
     result.runs_read = len(runs_read)
     return result
+
+
+def _resolved_producer(
+    index: Index, consumer: record.StageRecord, path: str, md5: str
+) -> str | None:
+    """The run the backward trace (lineage.trace) takes as the writer of what `consumer` read:
+    one of its own execution, else the newest that wrote these bytes under that name; None
+    when none did (a copy under another name: any writer of the bytes). Forward and backward
+    then agree: a version is listed for some bytes exactly when its trace reaches them, even
+    where two chains wrote identical files (an encoders file of unchanged training months)."""
+    named = [run for run, out_path in index.producers.get(md5, []) if out_path == path]
+    if not named:
+        return None
+    own = [run for run in named if run.pipeline_run and run.pipeline_run == consumer.pipeline_run]
+    return max(own or named, key=lambda run: run.start_time).run_id
 
 
 def _producer(index: Index, md5: str, path: str | None) -> record.StageRecord | None:

@@ -124,6 +124,8 @@ def test_classify_reads_dvc_and_stage_messages() -> None:
     ok = repro.CommandResult(0, ["Stage 'train' didn't change, skipping"], False)
     assert repro.classify("train", ok, 60) == "skipped"
     assert repro.classify("train", repro.CommandResult(0, ["Running"], False), 60) == "ran"
+    cached = ["Stage 'train' is cached - skipping run, checking out outputs"]
+    assert repro.classify("train", repro.CommandResult(0, cached, False), 60) == "restored"
     bad = repro.CommandResult(
         255,
         [

@@ -24,7 +24,9 @@ from stages.common import BAD_INPUT_PREFIX, IO_PREFIX, TRANSIENT_PREFIX
 
 # Another DVC process holds the repository lock or an output's rwlock: worth a retry.
 LOCK_BUSY = re.compile(r"Unable to acquire lock|is busy")
-SKIPPED = re.compile(r"Stage '[^']+' (didn't change, skipping|is cached - skipping run)")
+SKIPPED = re.compile(r"Stage '[^']+' didn't change, skipping")
+# DVC's run-cache had this stage's outputs for these deps and params: checked out, not run.
+RESTORED = re.compile(r"Stage '[^']+' is cached - skipping run")
 # After SIGINT, the stage gets this long to stop before SIGKILL.
 KILL_GRACE_SECONDS = 10.0
 # Leads each command's process group; stops it if this process dies (workspaces/guard.py).
@@ -295,11 +297,14 @@ def stop_group(
 
 
 def classify(stage: str, result: CommandResult, timeout: float) -> str:
-    """'ran' or 'skipped' for a success; otherwise raise the error the failure deserves."""
+    """'ran', 'restored' (from DVC's run-cache: the outputs changed, nothing ran) or 'skipped'
+    for a success; otherwise raise the error the failure deserves."""
     text = "\n".join(result.lines)
     if result.timed_out:
         raise TransientStageFailure(f"stage {stage}: no result within {timeout:g} s; stopped")
     if result.returncode == 0:
+        if RESTORED.search(text):
+            return "restored"
         return "skipped" if SKIPPED.search(text) else "ran"
     if bad := _block(result.lines, BAD_INPUT_PREFIX):
         raise BadStageInput(bad)
