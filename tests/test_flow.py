@@ -90,8 +90,10 @@ def final_states(flow_run_id: str, wait_seconds: float = 15) -> dict[str, str]:
             name: run.state.name if run.state else "(no state yet)"
             for name, run in task_runs(flow_run_id).items()
         }
-        pending = {"Running", "(no state yet)"} & set(states.values())
-        settled = len(states) == len(STAGES) and not pending
+        # A task run's name and final state arrive as events too: a late one still shows its
+        # generated name (`repro_stage-22f`) and Pending.
+        pending = {"Scheduled", "Pending", "Running", "(no state yet)"} & set(states.values())
+        settled = set(states) == set(STAGES) and not pending
         if settled or time.monotonic() > deadline:
             return states
         time.sleep(0.2)
