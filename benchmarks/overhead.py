@@ -186,8 +186,15 @@ def server_record(workdir: Path, tlc_source: Path) -> dict[str, Any]:
     ports = free_ports(len(PORTS))
     stack_env |= {name: str(port) for (name, _), port in zip(PORTS.values(), ports, strict=True)}
     stack_env |= {"SERVICES_DIR": str(workdir / "stack"), "SERVICES_WORKERS": "0"}
-    up_seconds, _ = timed([sys.executable, "-m", "services", "up"], ROOT, stack_env)
-    try:
+    # PostgreSQL runs as its own user: the folders above its data must be searchable by others
+    # (a mkdtemp folder is 0700, and `services up` refused it).
+    workdir.mkdir(parents=True, exist_ok=True)
+    for folder in (workdir, *workdir.parents):
+        mode = folder.stat()
+        if mode.st_mode & 0o001 == 0 and mode.st_uid == os.getuid():
+            folder.chmod(mode.st_mode | 0o001)
+    try:  # `down` also after an `up` that failed half-way: it stops what did start
+        up_seconds, _ = timed([sys.executable, "-m", "services", "up"], ROOT, stack_env)
         cfg = Config.from_env(stack_env)
         server_env = {**env, **client_environment(cfg, load_or_create(cfg.credentials_file))}
         server_env.pop("PREFECT_API_URL")
