@@ -110,8 +110,9 @@ def plan(repo: Path, branch: str = DEFAULT_BRANCH, env: Any = os.environ) -> Pla
     data, rules = params["data"], params["retrain"]
     used = dict(data.months)
     known = max(used)
-    where = trip_address(data.colour, data.trips_url, known, env)
-    where = where.rsplit("/", 1)[0] if source.is_http(where) else str(Path(where).parent)
+    sample = trip_address(data.colour, data.trips_url, known, env)
+    http = source.is_http(sample)  # an HTTP source is probed, a local one listed
+    where = sample.rsplit("/", 1)[0] if http else str(Path(sample).parent)
     published = source.published_months(data, known, env)
     if not published:
         raise source.SourceError(f"{where}: no {data.colour} trip file published")
@@ -122,8 +123,7 @@ def plan(repo: Path, branch: str = DEFAULT_BRANCH, env: Any = os.environ) -> Pla
             _republished(repo, base, data, used, env),
         )  # fmt: skip
     win = window.ending_at(newest, rules.train_months)
-    listed_all = not source.is_http(trip_address(data.colour, data.trips_url, newest, env))
-    missing = [m for m in win.months if listed_all and m not in published]
+    missing = [m for m in win.months if not http and m not in published]
     if missing:
         raise RetrainError(
             f"the window ending at {newest} ({win.describe()}) needs {', '.join(missing)}, "
@@ -140,15 +140,10 @@ def _republished(repo: Path, base: str, data: Any, months: dict[str, str], env: 
     """The months of `months` that base's dvc.lock ingested and the source has republished."""
     from lineage import record
     from timeline import upstream
+    from workspaces.worktrees import git_file
 
-    proc = subprocess.run(
-        ["git", "show", f"{base}:{record.LOCK_FILE}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lock = record.parse_lock(proc.stdout) if proc.returncode == 0 else {}
+    text = git_file(repo, base, record.LOCK_FILE)
+    lock = record.parse_lock(text) if text is not None else {}
     checks = upstream.check_months(data, lock, repo, env)
     return tuple(c.month for c in upstream.changed(checks) if c.month in months)
 
@@ -192,13 +187,13 @@ def commit_window(workspace: Path, repo: Path, p: Plan, result: dict[str, Any]) 
         f"{metrics.get('validation')}, test RMSE {metrics.get('test')}; "
         f"pipeline run {result.get('pipeline_run_id')}\n"
     )
+    # The committer the environment names, else the retraining itself.
+    identity = {"NAME": "taxi-pipeline retrain", "EMAIL": "retrain@localhost"}
     env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": os.environ.get("GIT_AUTHOR_NAME", "taxi-pipeline retrain"),
-        "GIT_AUTHOR_EMAIL": os.environ.get("GIT_AUTHOR_EMAIL", "retrain@localhost"),
-        "GIT_COMMITTER_NAME": os.environ.get("GIT_COMMITTER_NAME", "taxi-pipeline retrain"),
-        "GIT_COMMITTER_EMAIL": os.environ.get("GIT_COMMITTER_EMAIL", "retrain@localhost"),
-    }
+        f"GIT_{role}_{field}": value
+        for role in ("AUTHOR", "COMMITTER")
+        for field, value in identity.items()
+    } | dict(os.environ)
     proc = subprocess.run(
         ["git", "commit", "--quiet", "--no-verify", "-m", message],
         cwd=workspace,

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from lineage import record
 from stages.common import BadInputError, load_params
 from tuning import space as spaces
 from tuning import trials as study_trials
+from workspaces.worktrees import git_file
 
 log = logging.getLogger("tuning")
 # A study name becomes part of a DVC experiment name (a git ref) and of MLflow run names.
@@ -64,14 +64,8 @@ def plan(
     search_space = spaces.search_space(params["tune"], params["model"], model_type)
     locked = study_trials.locked_features(repo)
     if committed_features:
-        head = subprocess.run(
-            ["git", "show", f"HEAD:{record.LOCK_FILE}"],
-            cwd=repo,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        committed = study_trials.locked_features(repo, head.stdout) if head.returncode == 0 else {}
+        head = git_file(repo, "HEAD", record.LOCK_FILE)
+        committed = study_trials.locked_features(repo, head) if head is not None else {}
         if committed != locked:
             raise BadInputError(
                 "the features in dvc.lock are not those of HEAD's dvc.lock; the winner runs in a "

@@ -161,13 +161,9 @@ def experiment_ref(repo: Path, name: str) -> str:
 
 def experiment_file(repo: Path, name: str, path: str) -> str:
     """A git-tracked file (metrics, params) as experiment `name` saved it."""
-    proc = subprocess.run(
-        ["git", "show", f"{experiment_ref(repo, name)}:{path}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise ExperimentError(f"DVC experiment {name!r} holds no {path}: {proc.stderr.strip()}")
-    return proc.stdout
+    from workspaces.worktrees import git_file
+
+    text = git_file(repo, experiment_ref(repo, name), path)
+    if text is None:
+        raise ExperimentError(f"DVC experiment {name!r} holds no {path}")
+    return text

@@ -29,6 +29,15 @@ def run(cmd: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def git_file(repo: Path, rev: str, path: str) -> str | None:
+    """A file as commit or ref `rev` of `repo` holds it (`git show rev:path`); None when the
+    commit has no such file (or there is no such rev)."""
+    proc = subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True, check=False
+    )
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def dvc_cache_dir(repo: Path) -> Path:
     """The DVC cache `repo` uses (its configured `cache.dir`, else `.dvc/cache`)."""
     proc = subprocess.run(
