@@ -87,10 +87,9 @@ def _ours_params() -> dict[str, Any]:
 
 
 def _ours_clean(raw: Path, month: str, params: dict) -> tuple[pd.DataFrame, int]:
-    from stages.prepare import clean_trips, read_trips
+    from stages.prepare import clean_file
 
-    trips = read_trips(raw, params["data"].colour)
-    clean, report = clean_trips(trips, month, params["prepare"])
+    clean, report = clean_file(raw, params["data"].colour, month, params["prepare"])
     return clean, report["rows_in"]
 
 

@@ -48,6 +48,14 @@ TARGET_RUN_CACHE_S = 3.0
 # Issue 13, target 3: XGBoost's train at 64x, its validation RMSE at 1x (the real months),
 # and how much a boosting round's cost grows from 16x to 64x (4x the rows).
 TARGET_XGB_64X_S, TARGET_XGB_1X_RMSE, TARGET_XGB_ROUND_GROWTH = 20.0, 4.45, 4.4
+# Issue 13, target 4: a season of yellow-taxi volume (256x January, ~11.4M trips) through
+# prepare, features and train on this machine: its peak RSS, and how the cost of
+# prepare+features+train grows from 16x to 256x; at 64x, features + linear train against the
+# course's script and the peak RSS of every stage.
+TARGET_SEASON_SCALE, TARGET_SEASON_PEAK_MIB, TARGET_SEASON_EXPONENT = 256, 8192, 1.05
+TARGET_64X_SPEEDUP, TARGET_64X_PEAK_MIB = 20.0, 1024
+# The spans the cost exponents are fitted over (both ends included).
+SPANS = ((4, 64), (16, TARGET_SEASON_SCALE))
 
 
 def machine(command: str, loadavg_start: tuple[float, ...]) -> dict[str, Any]:
@@ -104,36 +112,48 @@ def exponent(points: list[tuple[float, float]]) -> float | None:
     return round(float(np.polyfit(xs, ys, 1)[0]), 3)
 
 
-def scaling(table: dict, min_scale: int = 4) -> list[dict[str, Any]]:
+def scaling(table: dict, span: tuple[int, int]) -> list[dict[str, Any]]:
+    """Cost exponents of each stage (and of prepare+features+train per model type) over the
+    scales within `span`."""
+    low, high = span
+    label = f"{low}x-{high}x"
+
+    def within(n: int) -> bool:
+        return low <= n <= high
+
     out = []
     for impl, stage in sorted({(i, s) for i, s, _ in table if not s.startswith("dask")}):
         pts = [
             (r["rows"], r["seconds"], r["peak_rss_mib"])
             for (i, s, n), r in table.items()
-            if (i, s) == (impl, stage) and n >= min_scale
+            if (i, s) == (impl, stage) and within(n)
         ]
         if impl == "ours" and stage.startswith("train"):
             model = stage.split()[-1]
             totals = []
             for (i, s, n), r in table.items():
                 parts = [table.get(("ours", p, n)) for p in ("prepare", "features")]
-                if (i, s) == (impl, stage) and n >= min_scale and all(parts):
+                if (i, s) == (impl, stage) and within(n) and all(parts):
                     seconds = r["seconds"] + sum(p["seconds"] for p in parts)
                     totals.append((parts[0]["rows"], seconds))
-            if totals:
+            if len(totals) >= 2:
                 out.append(
                     {
                         "impl": impl,
                         "stage": f"prepare+features+train {model}",
+                        "span": label,
                         "time_exponent": exponent(totals),
                         "memory_exponent": None,
                         "points": len(totals),
                     }
                 )
+        if len(pts) < 2:
+            continue
         out.append(
             {
                 "impl": impl,
                 "stage": stage,
+                "span": label,
                 "points": len(pts),
                 "time_exponent": exponent([(p[0], p[1]) for p in pts]),
                 "memory_exponent": exponent([(p[0], p[2]) for p in pts]),
@@ -168,17 +188,33 @@ def targets(
     ours = table.get(("ours", "features+train ridge", TARGET_SCALE))
     theirs = table.get(("course", "features+train lasso", TARGET_SCALE))
     speedup = theirs["seconds"] / ours["seconds"] if ours and theirs else None
-    exps = [
-        s["time_exponent"]
-        for s in scale_rows
-        if s["impl"] == "ours"
-        and s["stage"].startswith("prepare+features+train")
-        and s["time_exponent"] is not None
-    ]
-    biggest = max((n for _, _, n in table), default=0)
-    peaks = [
-        r["process_peak_rss_mib"] for (i, _, n), r in table.items() if i == "ours" and n == biggest
-    ]
+
+    def totals_exponents(span: tuple[int, int]) -> dict[str, float]:
+        return {
+            s["stage"].split()[-1]: s["time_exponent"]
+            for s in scale_rows
+            if s["impl"] == "ours"
+            and s["span"] == f"{span[0]}x-{span[1]}x"
+            and s["stage"].startswith("prepare+features+train")
+            and s["time_exponent"] is not None
+        }
+
+    def ours_peaks(scale: int) -> dict[str, float]:
+        return {
+            stage: r["process_peak_rss_mib"]
+            for (i, stage, n), r in table.items()
+            if i == "ours" and n == scale and not stage.startswith(("dask", "features+"))
+        }
+
+    exps = list(totals_exponents(SPANS[0]).values())
+    peaks = list(ours_peaks(64).values())
+    season_exps = totals_exponents(SPANS[1])
+    season_wanted = {"ridge", "xgboost"} & set(season_exps)
+    season_peaks = ours_peaks(TARGET_SEASON_SCALE)
+    peaks_64 = ours_peaks(64)
+    ours_64 = table.get(("ours", "features+train ridge", 64))
+    theirs_64 = table.get(("course", "features+train lasso", 64))
+    speedup_64 = theirs_64["seconds"] / ours_64["seconds"] if ours_64 and theirs_64 else None
     dvc = extra.get("dvc", {})
     prefect = extra.get("prefect", {})
     q = {
@@ -210,16 +246,46 @@ def targets(
             speedup is not None and speedup >= TARGET_SPEEDUP,
         ),
         verdict(
-            f"ours cost vs rows, 4x->{biggest}x: exponent <= {TARGET_EXPONENT}",
+            f"ours cost vs rows, 4x->64x: exponent <= {TARGET_EXPONENT}",
             max(exps) if exps else None,
             bool(exps) and max(exps) <= TARGET_EXPONENT,
             "largest exponent over prepare+features+train per model type",
         ),
         verdict(
-            f"ours peak RSS at {biggest}x < {TARGET_PEAK_MIB} MiB",
+            f"ours peak RSS at 64x < {TARGET_PEAK_MIB} MiB",
             max(peaks) if peaks else None,
-            bool(peaks) and max(peaks) < TARGET_PEAK_MIB and biggest >= 64,
-            "" if biggest >= 64 else "the 64x scale was not run",
+            bool(peaks) and max(peaks) < TARGET_PEAK_MIB,
+            "" if peaks else "the 64x scale was not run",
+        ),
+        verdict(
+            f"ours at {TARGET_SEASON_SCALE}x (prepare, features, train): peak RSS < "
+            f"{TARGET_SEASON_PEAK_MIB} MiB",
+            max(season_peaks.values()) if season_peaks else None,
+            bool(season_peaks) and max(season_peaks.values()) < TARGET_SEASON_PEAK_MIB,
+            _largest(season_peaks, "MiB") if season_peaks else "the 256x scale was not run",
+        ),
+        verdict(
+            f"ours cost vs rows, 16x->{TARGET_SEASON_SCALE}x: exponent <= "
+            f"{TARGET_SEASON_EXPONENT} (prepare+features+train, ridge and xgboost)",
+            max(season_exps[m] for m in season_wanted) if season_wanted else None,
+            len(season_wanted) == 2
+            and max(season_exps[m] for m in season_wanted) <= TARGET_SEASON_EXPONENT,
+            ", ".join(f"{m} {e}" for m, e in sorted(season_exps.items()))
+            + " (least-squares slope over 16x, 64x, 256x)",
+        ),
+        verdict(
+            f"features + linear train at 64x: course Lasso / ours ridge >= {TARGET_64X_SPEEDUP}",
+            speedup_64,
+            speedup_64 is not None and speedup_64 >= TARGET_64X_SPEEDUP,
+            f"ours {ours_64['seconds']:.2f} s, course {theirs_64['seconds']:.2f} s"
+            if speedup_64
+            else "",
+        ),
+        verdict(
+            f"ours peak RSS of every stage at 64x < {TARGET_64X_PEAK_MIB} MiB",
+            max(peaks_64.values()) if peaks_64 else None,
+            bool(peaks_64) and max(peaks_64.values()) < TARGET_64X_PEAK_MIB,
+            _largest(peaks_64, "MiB") if peaks_64 else "",
         ),
         verdict(
             f"no-op dvc repro < {TARGET_NOOP_S} s",
@@ -320,6 +386,11 @@ def targets(
     ]
 
 
+def _largest(values: dict[str, float], unit: str) -> str:
+    name = max(values, key=values.get)
+    return f"largest: {name} {values[name]:,.0f} {unit}"
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -412,11 +483,18 @@ def markdown(results: dict[str, Any]) -> str:
     )
     md += xgboost_rounds_markdown(table)
     md += dask_markdown(table)
-    md += ["", "## Cost vs rows (log-log slope, 4x and up; 1.0 = linear)", ""]
+    md += ["", "## Cost vs rows (log-log slope over the scales of each span; 1.0 = linear)", ""]
     md += _table(
-        ["impl", "stage", "points", "time exponent", "memory exponent"],
+        ["impl", "stage", "span", "points", "time exponent", "memory exponent"],
         [
-            [s["impl"], s["stage"], s["points"], s["time_exponent"], s["memory_exponent"]]
+            [
+                s["impl"],
+                s["stage"],
+                s.get("span", "4x-"),
+                s["points"],
+                s["time_exponent"],
+                s["memory_exponent"],
+            ]
             for s in results["scaling"]
         ],
     )
@@ -664,7 +742,7 @@ def serving_markdown(sv: dict[str, Any]) -> list[str]:
 
 def write(out: Path, meta: dict, rows: list[dict], extra: dict) -> list[Path]:
     table = timings(rows)
-    scale_rows = scaling(table)
+    scale_rows = [row for span in SPANS for row in scaling(table, span)]
     quality_rows = quality(rows)
     results = {
         "machine": meta,

@@ -1,6 +1,6 @@
 """Run every benchmark; write benchmarks/results/results.md and results.json.
 
-    python -m benchmarks.run   # everything: 1x-64x, quality, overheads; < 15 min on 2 cores
+    python -m benchmarks.run   # everything: 1x-256x, quality, overheads; < 20 min on 2 cores
 
 Each measurement runs in a fresh process (benchmarks.measure); ours and the course's script
 alternate at every scale so that both see the same machine load.
@@ -24,7 +24,11 @@ from benchmarks import course, first_run, overhead, report, serving
 from benchmarks.scaled_data import write_scaled
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCALES = [1, 4, 16, 64]
+DEFAULT_SCALES = [1, 4, 16, 64, 256]
+# The course's script runs up to this scale. At 256x (11.4M trips) it would add some 5 minutes
+# and its DictVectorizer some 7 GiB (its 64x peak is 1.9 GiB, growing with the trips); the
+# 256x targets (issue 13, target 4) are about ours alone.
+COURSE_MAX_SCALE = 64
 MODELS = ("ridge", "lasso", "xgboost")
 # The course's orchestration script trains 30 rounds; the notebook's 1000 (with early
 # stopping) is used for the quality comparison at 1x only, where it takes seconds not hours.
@@ -49,6 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--repeats", type=int, default=1, help="best of N per measurement")
     parser.add_argument("--course-xgb-rounds", type=int, default=COURSE_XGB_ROUNDS)
+    parser.add_argument(
+        "--course-max-scale",
+        type=int,
+        default=COURSE_MAX_SCALE,
+        help="run the course's script at scales up to this one only",
+    )
     parser.add_argument(
         "--quality-xgb-rounds",
         type=int,
@@ -92,11 +102,10 @@ def plan(args: argparse.Namespace, raw: dict[int, Path], workdir: Path) -> list[
     specs = []
     for scale in sorted(args.scales):
         at = {**common, "scale": scale, "raw": str(raw[scale])}
+        course = scale <= args.course_max_scale
         for stage in ("prepare", "features"):
-            specs += [
-                {**at, "impl": "ours", "stage": stage},
-                {**at, "impl": "course", "stage": stage},
-            ]
+            specs.append({**at, "impl": "ours", "stage": stage})
+            specs += [{**at, "impl": "course", "stage": stage}] if course else []
         specs += [{**at, "impl": "ours", "stage": "train", "model": m} for m in args.models]
         specs += [
             {
@@ -106,7 +115,7 @@ def plan(args: argparse.Namespace, raw: dict[int, Path], workdir: Path) -> list[
                 "model": m,
                 "xgb_rounds": args.course_xgb_rounds,
             }
-            for m in course_models
+            for m in (course_models if course else [])
         ]
         if scale == DASK_SCALE and "xgboost" in args.models:
             specs += [

@@ -25,6 +25,9 @@ LINEAR_TYPES = ("lasso", "ridge")
 # Conjugate gradients on X'X: relative residual at which ridge counts as solved.
 RIDGE_RTOL, RIDGE_MAX_ITER = 1e-10, 20_000
 LASSO_TOL = 1e-4  # sklearn's default
+# Trips per chunk of linear_moments: its int64/float64 temporaries stay near 4 MiB, well under
+# glibc's 32 MiB mmap threshold, so the heap reuses them chunk after chunk.
+CHUNK_ROWS = 1 << 19
 log = logging.getLogger("stages.model")
 # Categorical blocks of the linear model's one-hot design, and the numeric columns after them.
 NUMERIC_COLUMNS = ("trip_distance", "log_trip_distance")
@@ -54,8 +57,7 @@ def linear_blocks(encoders: dict) -> dict[str, int]:
 @dataclass(frozen=True)
 class Design:
     """The linear model's design matrix slot by slot, one slot per one-hot block or numeric
-    column: every trip has exactly one entry in each slot. Slot-major arrays, so X'X and X'y
-    are bincounts over contiguous memory, with no sparse matrix built for the fit.
+    column: every trip has exactly one entry in each slot (linear_design's CSR matrix).
     """
 
     columns: np.ndarray  # (slots, trips) int64: the column of each trip's entry
@@ -69,15 +71,26 @@ class Design:
         return self.columns.shape[1], int(self.starts[-1] + self.widths[-1])
 
 
+def _block_codes(features: pd.DataFrame) -> list[np.ndarray]:
+    """Each one-hot block's code per trip (linear_blocks' order)."""
+    return [
+        features["pair_code"].to_numpy(np.int64),
+        features["pickup_zone_code"].to_numpy(np.int64),
+        features["dropoff_zone_code"].to_numpy(np.int64),
+        features["weekday"].to_numpy(np.int64) * 24 + features["hour"].to_numpy(),
+    ]
+
+
+def _numeric_columns(features: pd.DataFrame) -> list[np.ndarray]:
+    """NUMERIC_COLUMNS per trip: the distance and its log."""
+    distance = features["trip_distance"].to_numpy(np.float64)
+    return [distance, np.log1p(distance)]
+
+
 def design(features: pd.DataFrame, encoders: dict) -> Design:
     """One-hot blocks (linear_blocks), then the distance and its log."""
     n = len(features)
-    block_codes = [
-        features["pair_code"].to_numpy(),
-        features["pickup_zone_code"].to_numpy(),
-        features["dropoff_zone_code"].to_numpy(),
-        features["weekday"].to_numpy(np.int64) * 24 + features["hour"].to_numpy(),
-    ]
+    block_codes = _block_codes(features)
     n_blocks, n_slots = len(block_codes), len(block_codes) + len(NUMERIC_COLUMNS)
     widths = np.array([*linear_blocks(encoders).values(), *[1] * len(NUMERIC_COLUMNS)])
     starts = np.concatenate([[0], np.cumsum(widths)[:-1]])
@@ -86,9 +99,7 @@ def design(features: pd.DataFrame, encoders: dict) -> Design:
         np.add(codes, starts[slot], out=columns[slot], casting="unsafe")
     columns[n_blocks:] = starts[n_blocks:, None]
     values = np.ones((n_slots, n))
-    distance = features["trip_distance"].to_numpy(np.float64)
-    values[n_blocks] = distance
-    values[n_blocks + 1] = np.log1p(distance)
+    values[n_blocks:] = _numeric_columns(features)
     return Design(
         columns, values, starts, widths, (True,) * n_blocks + (False,) * len(NUMERIC_COLUMNS)
     )
@@ -104,51 +115,94 @@ def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
     return sparse.csr_matrix((slots.values.T.ravel(), indices, indptr), shape=(n, n_cols))
 
 
-def gram_matrix(slots: Design) -> sparse.csr_matrix:
-    """X'X, as a sum of slot-by-slot tables, each one `np.bincount` over the trips.
+@dataclass(frozen=True)
+class Moments:
+    """What a linear fit needs of the trips: X'X, the column means, mean(y) and Xc'yc."""
 
-    At 16x January (713k trips, 4,174 columns) this and X'y take about 0.1 s; building the CSR
-    matrix and scipy's X.T @ X took 0.35 s.
+    gram: sparse.csr_matrix
+    mean_x: np.ndarray
+    mean_y: float
+    moment: np.ndarray
+    rows: int
+
+
+def linear_moments(
+    features: pd.DataFrame, encoders: dict, y: np.ndarray, chunk_rows: int = CHUNK_ROWS
+) -> Moments:
+    """X'X and X'y of the linear design (`design`), accumulated chunk by chunk of trips.
+
+    Each one-hot block pair's part of X'X is one `np.bincount` of the pair's joint code, each
+    one-hot x numeric part a weighted bincount, the numeric block dot products: no design
+    matrix is built. Working a chunk at a time keeps every temporary small and reused: on the
+    whole table at once, a 64x fit spent more time faulting in fresh pages for its n-long
+    temporaries than computing (FINDINGS, issue 13 target 4), and the cost per trip grew with
+    the trips.
     """
-    _, n_cols = slots.shape
-    local = slots.columns - slots.starts[:, None]
+    widths = list(linear_blocks(encoders).values())
+    n_blocks, n_numeric = len(widths), len(NUMERIC_COLUMNS)
+    starts = np.concatenate([[0], np.cumsum(widths)])
+    n = len(features)
+    counts = [np.zeros(w) for w in widths]
+    block_y = [np.zeros(w) for w in widths]
+    pairs = {
+        (a, b): np.zeros(widths[a] * widths[b])
+        for a in range(n_blocks)
+        for b in range(a + 1, n_blocks)
+    }
+    block_numeric = {(a, k): np.zeros(widths[a]) for a in range(n_blocks) for k in range(n_numeric)}
+    numeric_sum, numeric_y = np.zeros(n_numeric), np.zeros(n_numeric)
+    numeric_gram = np.zeros((n_numeric, n_numeric))
+    y_sum = 0.0
+    for lo in range(0, n, chunk_rows):
+        part, part_y = features.iloc[lo : lo + chunk_rows], y[lo : lo + chunk_rows]
+        codes = _block_codes(part)
+        numeric = _numeric_columns(part)
+        for a, code in enumerate(codes):
+            counts[a] += np.bincount(code, minlength=widths[a])
+            block_y[a] += np.bincount(code, weights=part_y, minlength=widths[a])
+            for b in range(a + 1, n_blocks):
+                joint = code * widths[b] + codes[b]
+                pairs[a, b] += np.bincount(joint, minlength=widths[a] * widths[b])
+            for k, values in enumerate(numeric):
+                block_numeric[a, k] += np.bincount(code, weights=values, minlength=widths[a])
+        for k, values in enumerate(numeric):
+            numeric_sum[k] += values.sum()
+            numeric_y[k] += values @ part_y
+            for j in range(n_numeric):
+                numeric_gram[k, j] += values @ numeric[j]
+        y_sum += float(part_y.sum())
+
     rows, cols, data = [], [], []
-    for a, width_a in enumerate(slots.widths):
-        weights = None if slots.one_hot[a] else slots.values[a] ** 2
-        diagonal = np.bincount(local[a], weights=weights, minlength=width_a)
-        nz = np.flatnonzero(diagonal)
-        rows.append(nz + slots.starts[a])
-        cols.append(nz + slots.starts[a])
-        data.append(diagonal[nz].astype(np.float64))
-        for b in range(a + 1, len(slots.widths)):
-            width_b = slots.widths[b]
-            both_one_hot = slots.one_hot[a] and slots.one_hot[b]
-            weights = None if both_one_hot else slots.values[a] * slots.values[b]
-            table = np.bincount(
-                local[a] * width_b + local[b], weights=weights, minlength=width_a * width_b
-            )
-            nz = np.flatnonzero(table)
-            row, col = nz // width_b + slots.starts[a], nz % width_b + slots.starts[b]
-            rows += [row, col]
-            cols += [col, row]
-            data += [table[nz].astype(np.float64)] * 2
+
+    def add(row: np.ndarray, col: np.ndarray, values: np.ndarray, symmetric: bool) -> None:
+        rows.extend([row, col] if symmetric else [row])
+        cols.extend([col, row] if symmetric else [col])
+        data.extend([values, values] if symmetric else [values])
+
+    for a in range(n_blocks):
+        nz = np.flatnonzero(counts[a])
+        add(nz + starts[a], nz + starts[a], counts[a][nz], symmetric=False)
+        for b in range(a + 1, n_blocks):
+            nz = np.flatnonzero(pairs[a, b])
+            row, col = nz // widths[b] + starts[a], nz % widths[b] + starts[b]
+            add(row, col, pairs[a, b][nz], symmetric=True)
+        for k in range(n_numeric):
+            nz = np.flatnonzero(block_numeric[a, k])
+            column = np.full(len(nz), starts[n_blocks] + k)
+            add(nz + starts[a], column, block_numeric[a, k][nz], symmetric=True)
+    numeric_index = np.arange(n_numeric) + starts[n_blocks]
+    row, col = np.meshgrid(numeric_index, numeric_index, indexing="ij")
+    add(row.ravel(), col.ravel(), numeric_gram.ravel(), symmetric=False)
+    n_cols = int(starts[-1]) + n_numeric
     entries = (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols)))
-    return sparse.coo_matrix(entries, shape=(n_cols, n_cols)).tocsr()
+    gram = sparse.coo_matrix(entries, shape=(n_cols, n_cols)).tocsr()
+    mean_x = np.concatenate([*counts, numeric_sum]) / n
+    mean_y = y_sum / n
+    xty = np.concatenate([*block_y, numeric_y])
+    return Moments(gram, mean_x, mean_y, xty - n * mean_x * mean_y, n)
 
 
-def centred_moments(
-    slots: Design, y: np.ndarray
-) -> tuple[sparse.csr_matrix, np.ndarray, float, np.ndarray]:
-    """X'X, the column means, mean(y), and Xc'yc."""
-    n, n_cols = slots.shape
-    columns = slots.columns.ravel()
-    mean_x = np.bincount(columns, weights=slots.values.ravel(), minlength=n_cols) / n
-    mean_y = float(y.mean())
-    xty = np.bincount(columns, weights=(slots.values * y).ravel(), minlength=n_cols)
-    return gram_matrix(slots), mean_x, mean_y, xty - n * mean_x * mean_y
-
-
-def ridge_solve(slots: Design, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
+def ridge_solve(moments: Moments, alpha: float) -> tuple[np.ndarray, float]:
     """Exact ridge with an unpenalised intercept, from the normal equations.
 
     X'X is formed sparse (gram_matrix) and solved by conjugate gradients preconditioned with
@@ -160,9 +214,8 @@ def ridge_solve(slots: Design, y: np.ndarray, alpha: float) -> tuple[np.ndarray,
     """
     from scipy.sparse.linalg import LinearOperator, cg
 
-    n = slots.shape[0]
-    # Centred Gram matrix (sparse part minus a rank-one term) and moment vector.
-    gram, mean_x, mean_y, moment = centred_moments(slots, y)
+    n, gram, mean_x, mean_y = moments.rows, moments.gram, moments.mean_x, moments.mean_y
+    # Centred Gram matrix: the sparse part minus a rank-one term.
     diagonal = gram.diagonal() - n * mean_x**2 + alpha
     inverse_diagonal = np.divide(1.0, diagonal, out=np.ones_like(diagonal), where=diagonal > 0)
     shape = gram.shape
@@ -170,14 +223,16 @@ def ridge_solve(slots: Design, y: np.ndarray, alpha: float) -> tuple[np.ndarray,
         shape, dtype=np.float64, matvec=lambda v: gram @ v - n * (mean_x @ v) * mean_x + alpha * v
     )
     preconditioner = LinearOperator(shape, dtype=np.float64, matvec=lambda v: inverse_diagonal * v)
-    coef, info = cg(system, moment, rtol=RIDGE_RTOL, maxiter=RIDGE_MAX_ITER, M=preconditioner)
+    coef, info = cg(
+        system, moments.moment, rtol=RIDGE_RTOL, maxiter=RIDGE_MAX_ITER, M=preconditioner
+    )
     if info != 0:
         raise BadInputError(f"ridge did not converge in {RIDGE_MAX_ITER} iterations (model.alpha)")
     return coef, mean_y - float(mean_x @ coef)
 
 
 def lasso_solve(
-    slots: Design, y: np.ndarray, alpha: float, max_iter: int
+    moments: Moments, y: np.ndarray, alpha: float, max_iter: int
 ) -> tuple[np.ndarray, float]:
     """sklearn's Lasso (|y - Xw - b|^2 / 2n + alpha |w|_1), by coordinate descent on X'X.
 
@@ -188,10 +243,9 @@ def lasso_solve(
     y's centred sum of squares), so the same epochs and coefficients (predictions to 1e-8).
     The Python loop runs over columns, not trips: an epoch of 4,174 columns takes ~4 ms.
     """
-    n = slots.shape[0]
-    gram_sparse, mean_x, mean_y, moment = centred_moments(slots, y)
-    gram = gram_sparse.toarray() / n - np.outer(mean_x, mean_x)
-    moment = moment / n
+    n, mean_x, mean_y = moments.rows, moments.mean_x, moments.mean_y
+    gram = moments.gram.toarray() / n - np.outer(mean_x, mean_x)
+    moment = moments.moment / n
     centred_y2 = float(np.mean((y - mean_y) ** 2))
     diagonal = gram.diagonal().tolist()
     coef = np.zeros(len(moment))
@@ -313,12 +367,12 @@ def fit(
 
         if params.type == "lasso" and params.alpha == 0:
             raise BadInputError("model.alpha must be > 0 for lasso (use ridge for no penalty)")
-        slots = design(features, encoders)
+        moments = linear_moments(features, encoders, y)
         with threadpool_limits(threads):
             if params.type == "ridge":
-                coef, intercept = ridge_solve(slots, y, params.alpha)
+                coef, intercept = ridge_solve(moments, params.alpha)
             else:
-                coef, intercept = lasso_solve(slots, y, params.alpha, params.max_iter)
+                coef, intercept = lasso_solve(moments, y, params.alpha, params.max_iter)
         return {
             "type": params.type,
             "alpha": params.alpha,

@@ -110,3 +110,39 @@ def test_encoders_json_round_trip_encodes_identically(train, encoders, tmp_path,
     february = clean_month(small_tlc, "2025-02")
     pd.testing.assert_frame_equal(encode(february, loaded), encode(february, encoders))
     assert (encode(february, loaded)["pair_code"] == UNKNOWN).any()
+
+
+def test_encode_in_chunks_equals_one_chunk(train, encoders, monkeypatch):
+    from stages import encoding
+
+    whole = encode(train, encoders)
+    monkeypatch.setattr(encoding, "CHUNK_ROWS", 997)
+    pd.testing.assert_frame_equal(encode(train, encoders), whole)
+
+
+def test_hour_and_weekday_are_pandas_fields(train):
+    from stages.encoding import _hour_and_weekday
+
+    times = train["pickup_datetime"]
+    hour, weekday = _hour_and_weekday(times)
+    assert np.array_equal(hour, times.dt.hour.to_numpy(np.int8))
+    assert np.array_equal(weekday, times.dt.day_of_week.to_numpy(np.int8))
+    before_1970 = pd.Series(pd.to_datetime(["1969-12-31 23:30", "1969-12-29 05:00"]))
+    hour, weekday = _hour_and_weekday(before_1970)
+    assert hour.tolist() == [23, 5] and weekday.tolist() == [2, 0]  # Wednesday, Monday
+    local = times.head(50).dt.tz_localize("UTC").dt.tz_convert("America/New_York")
+    assert np.array_equal(_hour_and_weekday(local)[0], local.dt.hour.to_numpy(np.int8))
+    with pytest.raises(ValueError, match="pickup"):
+        _hour_and_weekday(pd.Series(pd.to_datetime(["2025-01-02 10:00", None])))
+
+
+def test_pair_codes_for_keys_outside_the_table(encoders):
+    """Zone ids the lookup does not have (negative, past the pair table) are UNKNOWN, like any
+    unseen pair; every code equals the binary-search answer."""
+    from stages.encoding import _codes
+
+    vocabulary = np.array([3, 7, 265_265])
+    values = np.array([-5, -1, 0, 3, 4, 7, 265_265, 265_266, 2**40])
+    expected = [UNKNOWN, UNKNOWN, UNKNOWN, 1, UNKNOWN, 2, 3, UNKNOWN, UNKNOWN]
+    assert _codes(values, vocabulary).tolist() == expected
+    assert _codes(values, np.array([3, 7, 2**40])).tolist()[-1] == 3  # binary search path

@@ -134,8 +134,13 @@ def test_slot_moments_equal_the_sparse_products(data) -> None:
     X = m.linear_design(train, encoders)
     assert slots.shape == X.shape
     y = train[m.TARGET].to_numpy()
-    gram, mean_x, mean_y, moment = m.centred_moments(slots, y)
-    np.testing.assert_allclose(gram.toarray(), (X.T @ X).toarray(), rtol=1e-12)
-    np.testing.assert_allclose(mean_x, np.asarray(X.mean(axis=0)).ravel(), rtol=1e-12)
-    expected = X.T @ y - X.shape[0] * mean_x * mean_y
-    np.testing.assert_allclose(moment, expected, rtol=1e-9, atol=1e-9)
+    # Chunks far smaller than the table: the sums across chunks are the whole table's.
+    for chunk_rows in (m.CHUNK_ROWS, 997):
+        moments = m.linear_moments(train, encoders, y, chunk_rows=chunk_rows)
+        assert moments.rows == len(train)
+        np.testing.assert_allclose(moments.gram.toarray(), (X.T @ X).toarray(), rtol=1e-12)
+        mean_x = np.asarray(X.mean(axis=0)).ravel()
+        np.testing.assert_allclose(moments.mean_x, mean_x, rtol=1e-12)
+        assert moments.mean_y == pytest.approx(y.mean(), rel=1e-12)
+        expected = X.T @ y - X.shape[0] * mean_x * y.mean()
+        np.testing.assert_allclose(moments.moment, expected, rtol=1e-9, atol=1e-9)

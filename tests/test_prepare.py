@@ -136,3 +136,16 @@ def test_damaged_bytes_are_bad_input_naming_the_file(shared_tlc: Path, tmp_path:
             assert str(path) in str(exc)
             refused_values += "out of range" in str(exc)
     assert refused_values > 0  # seeds whose damaged timestamps overflowed the duration
+
+
+def test_clean_file_in_batches_equals_the_whole_file(small_tlc: Path, monkeypatch, january):
+    """Batches far smaller than the month: the same trips, in file order, and the same report
+    as cleaning the whole table at once."""
+    from stages import prepare
+
+    path = small_tlc / "green_tripdata_2025-01.parquet"
+    whole, whole_report = clean_trips(january, "2025-01", PARAMS)
+    monkeypatch.setattr(prepare, "BATCH_ROWS", 997)
+    batched, batched_report = clean_file(path, "green", "2025-01", PARAMS)
+    pd.testing.assert_frame_equal(batched, whole)
+    assert batched_report == whole_report
