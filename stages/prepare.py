@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.common import (
@@ -124,21 +125,21 @@ def _trip_batches(path: Path, colour: str) -> Iterator[pd.DataFrame]:
         raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
 
 
-def clean_file(
-    path: Path, colour: str, month: str, params: PrepareParams
-) -> tuple[pd.DataFrame, dict]:
-    """clean_trips over the file, read and cleaned a batch at a time: only the clean trips are
-    ever whole in memory, not the raw ones nor any n-long temporary (FINDINGS, issue 13
-    target 4). Values that cannot be decoded or computed with (damaged bytes decode as
-    timestamps centuries apart: OverflowError) are bad input naming the file."""
-    parts, rows_in, dropped = [], 0, {}
+def _clean_batches(
+    path: Path, colour: str, month: str, params: PrepareParams, report: dict
+) -> Iterator[pd.DataFrame]:
+    """The file's clean trips, batch by batch in file order; `report` (clean_trips' report)
+    is filled in once the last batch is out. Values that cannot be decoded or computed with
+    (damaged bytes decode as timestamps centuries apart: OverflowError) are bad input naming
+    the file."""
+    rows_in, rows_out, dropped = 0, 0, {}
     try:
         for trips in _trip_batches(path, colour):
             clean, batch_dropped = _drop_rejected(trips, month, params)
-            parts.append(clean)
-            rows_in += len(trips)
+            rows_in, rows_out = rows_in + len(trips), rows_out + len(clean)
             for rule, count in batch_dropped.items():
                 dropped[rule] = dropped.get(rule, 0) + count
+            yield clean
     except BadInputError:
         raise
     except (OverflowError, ValueError, ArithmeticError) as exc:
@@ -146,8 +147,39 @@ def clean_file(
             f"{path}: values out of range or undecodable ({type(exc).__name__}: {exc}); "
             "the file looks damaged: fetch it again (dvc repro --force ingest@" + month + ")"
         ) from None
-    report = _report(month, rows_in, dropped, sum(len(part) for part in parts))
+    report.update(_report(month, rows_in, dropped, rows_out))
+
+
+def clean_file(
+    path: Path, colour: str, month: str, params: PrepareParams
+) -> tuple[pd.DataFrame, dict]:
+    """clean_trips over the file, read and cleaned a batch at a time, the clean trips in
+    memory."""
+    report: dict = {}
+    parts = list(_clean_batches(path, colour, month, params, report))
     return pd.concat(parts, ignore_index=True), report
+
+
+def write_clean(path: Path, out: Path, colour: str, month: str, params: PrepareParams) -> dict:
+    """clean_trips over the file into the parquet file `out`, a batch at a time: neither the
+    month's raw trips nor its clean ones are ever whole in memory, so memory stays flat
+    however large the month (FINDINGS, issue 13 target 4). Returns the report. A month
+    refused after some batches were written leaves no file behind."""
+    report: dict = {}
+    writer = None
+    try:
+        for clean in _clean_batches(path, colour, month, params, report):
+            table = pa.Table.from_pandas(clean, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+            writer.write_table(table)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            out.unlink(missing_ok=True)
+        raise
+    writer.close()
+    return report
 
 
 def main(argv: list[str] | None) -> None:
@@ -166,8 +198,7 @@ def main(argv: list[str] | None) -> None:
         fill_path(t, colour=colour, month=month) for t in (args.raw, args.out, args.quality)
     )
     with stage_run(f"prepare@{month}", params, inputs=[raw]) as run:
-        clean, report = clean_file(raw, colour, month, params["prepare"])
-        clean.to_parquet(run.output(out), index=False, compression="zstd")
+        report = write_clean(raw, run.output(out), colour, month, params["prepare"])
         write_json(run.output(quality), report)
         run.log_metrics(report)
     log.info(

@@ -138,7 +138,9 @@ def test_damaged_bytes_are_bad_input_naming_the_file(shared_tlc: Path, tmp_path:
     assert refused_values > 0  # seeds whose damaged timestamps overflowed the duration
 
 
-def test_clean_file_in_batches_equals_the_whole_file(small_tlc: Path, monkeypatch, january):
+def test_clean_file_in_batches_equals_the_whole_file(
+    small_tlc: Path, monkeypatch, january, tmp_path
+):
     """Batches far smaller than the month: the same trips, in file order, and the same report
     as cleaning the whole table at once."""
     from stages import prepare
@@ -149,3 +151,18 @@ def test_clean_file_in_batches_equals_the_whole_file(small_tlc: Path, monkeypatc
     batched, batched_report = clean_file(path, "green", "2025-01", PARAMS)
     pd.testing.assert_frame_equal(batched, whole)
     assert batched_report == whole_report
+    # The stage's path: batch after batch into the clean file.
+    out = tmp_path / "trips_2025-01.parquet"
+    assert prepare.write_clean(path, out, "green", "2025-01", PARAMS) == whole_report
+    pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+
+
+def test_write_clean_of_a_month_with_nothing_left_writes_nothing(small_tlc: Path, tmp_path):
+    from stages import prepare
+
+    out = tmp_path / "trips_2024-06.parquet"
+    with pytest.raises(BadInputError, match="every one of"):
+        prepare.write_clean(
+            small_tlc / "green_tripdata_2025-01.parquet", out, "green", "2024-06", PARAMS
+        )
+    assert not out.exists()  # the writer had started: every batch was empty
