@@ -110,7 +110,8 @@ def encode(trips: pd.DataFrame, encoders: dict) -> pd.DataFrame:
             encoders["clip_distance_miles"],
             out=columns["trip_distance"][part],
         )
-    table = pd.DataFrame(columns)
     if TARGET in trips:
-        table[TARGET] = trips[TARGET].to_numpy(np.float64)
-    return table
+        columns[TARGET] = trips[TARGET].to_numpy(np.float64, copy=True)
+    # copy=False: the columns as they are, one block each. Consolidating them into one block
+    # per type copied the whole table (0.12 s at 2.85M trips).
+    return pd.DataFrame(columns, copy=False)

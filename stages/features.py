@@ -1,7 +1,8 @@
 """features: clean months -> integer-coded feature tables per split, and the encoders as JSON.
 
 Vocabularies are learnt from the training months only and written as plain, diffable JSON
-(no pickled encoder). Encoding is vectorised: np.searchsorted against sorted vocabularies.
+(no pickled encoder). Encoding (stages.encoding) looks codes up in tables indexed by zone id
+and pair key, a chunk of trips at a time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""prepare: one raw month -> clean trips with duration_minutes, and rows dropped per rule."""
+"""prepare: one raw month -> clean trips with duration_minutes, and rows dropped per rule.
+
+The month is read, cleaned and written a batch at a time (write_clean): memory stays flat
+however many trips the month has.
+"""
 
 from __future__ import annotations
 
