@@ -243,10 +243,13 @@ def test_bad_input_is_refused_before_any_trial(built):
     assert "--trials 0: expected at least 1 trial" in proc.stderr
     params = yaml.safe_load((built / "params.yaml").read_text())
     params["tune"]["xgboost"]["max_depth"] = {"low": 12, "high": 3}
+    params["model"]["xgboost"]["cluster"] = "local"
     (built / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = tune_cli(built, "--model-type", "xgboost", "--trials", "5", check=False)
     assert proc.returncode == 65
     assert "tune.xgboost.max_depth: low 12 > high 3" in proc.stderr
+    # Said, not silently ignored: trials do not run on a Dask cluster.
+    assert "model.xgboost.cluster=local: the trials fit in the tuning processes" in proc.stderr
     assert not (built / "optuna.db").exists()  # no study was opened
 
 

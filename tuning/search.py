@@ -61,6 +61,15 @@ def plan(
     if not NAME_RE.match(name):
         raise BadInputError(f"--name {name!r}: letters, digits, '-' and '_' only (a git ref)")
     params = load_params("base", "model", "tune", path=repo / "params.yaml")
+    cluster = params["model"].xgboost.cluster
+    if model_type == "xgboost" and cluster != "none":
+        # Trials report every few rounds to Optuna's pruner from inside the fit; they run in
+        # the tuning processes (--workers of them), not on the Dask cluster.
+        log.warning(
+            "model.xgboost.cluster=%s: the trials fit in the tuning processes; the winner's "
+            "train stage uses the cluster",
+            cluster,
+        )
     search_space = spaces.search_space(params["tune"], params["model"], model_type)
     locked = study_trials.locked_features(repo)
     if committed_features:
