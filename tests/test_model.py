@@ -144,3 +144,15 @@ def test_slot_moments_equal_the_sparse_products(data) -> None:
         assert moments.mean_y == pytest.approx(y.mean(), rel=1e-12)
         expected = X.T @ y - X.shape[0] * mean_x * y.mean()
         np.testing.assert_allclose(moments.moment, expected, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["ridge", "lasso"])
+def test_linear_predict_is_the_design_product_bit_for_bit(kind, data):
+    """Gathered coefficients, chunk by chunk, equal the CSR product exactly."""
+    train, validation, encoders = data
+    model = m.fit(train, encoders, model_params(type=kind, alpha=0.05), seed=42, threads=1)
+    expected = m.linear_design(validation, encoders) @ np.asarray(model["coef"])
+    expected = expected + model["intercept"]
+    for chunk_rows in (m.CHUNK_ROWS, 997):
+        predicted = m.linear_predict(model, validation, encoders, chunk_rows=chunk_rows)
+        np.testing.assert_array_equal(predicted, expected)
