@@ -71,7 +71,7 @@ def mlflow_head_revision() -> str | None:
 # Where pristine stores are kept, by the user's cache convention (XDG), one per MLflow
 # version and schema head.
 CACHE_DIR_NAME = "taxi-duration-pipeline"
-DEFAULT_EXPERIMENT_ID, DEFAULT_EXPERIMENT_NAME = 0, "Default"
+DEFAULT_EXPERIMENT_ID = 0  # MLflow's Default experiment, in every store it builds
 _WORKSPACE = "default"
 
 

@@ -152,8 +152,19 @@ def _rows(path: Path) -> dict[str, list[tuple]]:
 
 
 def _schema(path: Path) -> list[tuple]:
+    """Every table and index with its definition's lines as a set: MLflow's own builds list
+    the constraints of `runs` in an order that follows PYTHONHASHSEED (a migration's set)."""
     with sqlite3.connect(path) as db:
-        return sorted(db.execute("select type, name, tbl_name, sql from sqlite_master"))
+        rows = db.execute("select type, name, tbl_name, sql from sqlite_master")
+        return sorted(
+            (
+                kind,
+                name,
+                table,
+                sorted(line.strip().rstrip(",") for line in (sql or "").split("\n")),
+            )
+            for kind, name, table, sql in rows
+        )
 
 
 def _use(uri: str) -> dict:
