@@ -323,7 +323,7 @@ def ensure_experiment(client: Any, uri: str) -> str:
     if experiment is not None:
         return experiment.experiment_id
     path = sqlite_path(uri)
-    location = (path.parent / ARTIFACTS_DIR).as_uri() if path else None
+    location = artifact_location(path) if path else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it meanwhile
@@ -331,6 +331,11 @@ def ensure_experiment(client: Any, uri: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def artifact_location(store: Path) -> str:
+    """The pipeline experiment's artifacts: `mlruns/` beside its SQLite store, as a file URI."""
+    return (store.parent / ARTIFACTS_DIR).as_uri()
 
 
 def experiment_id(client: Any) -> str | None:

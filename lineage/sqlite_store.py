@@ -12,16 +12,27 @@ migrations (a new, older or newer schema: MLflow's own client then creates or re
 before), or when the pipeline's experiment does not exist yet. Anything else (the model, the
 registry, searches) stays with MLflow's client. tests/test_sqlite_store.py holds the two
 writers to the same result, read back through MLflow.
+
+A new store is a copy of a pristine one (`create_store`): MLflow builds an empty store once
+per (MLflow version, schema head) in the user's cache folder, 68 alembic migrations and its
+import (about 2-3 s), and every new store after that is that file copied, its Default
+experiment and the pipeline's experiment written as MLflow writes them. So the first stage on
+a new store records directly too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import posixpath
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -55,6 +66,99 @@ def mlflow_head_revision() -> str | None:
             parents.update(re.findall(r"['\"](\w+)['\"]", down.group(1)))
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 else None
+
+
+# Where pristine stores are kept, by the user's cache convention (XDG), one per MLflow
+# version and schema head.
+CACHE_DIR_NAME = "taxi-duration-pipeline"
+DEFAULT_EXPERIMENT_ID = 0  # MLflow's Default experiment, in every store it builds
+_WORKSPACE = "default"
+
+
+def template_dir() -> Path:
+    """`$XDG_CACHE_HOME/taxi-duration-pipeline/mlflow-stores`, else under `~/.cache`."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / CACHE_DIR_NAME / "mlflow-stores"
+
+
+def store_revision(path: Path) -> str | None:
+    """The `alembic_version` a store file records, None when it has none."""
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        tables = {r[0] for r in db.execute("select name from sqlite_master")}
+        if "alembic_version" not in tables:
+            return None
+        row = db.execute("select version_num from alembic_version").fetchone()
+        return row[0] if row else None
+
+
+def store_template() -> Path | None:
+    """The pristine store of the installed MLflow's schema, built by MLflow on first use;
+    None when MLflow's head cannot be read. A file in the cache whose recorded revision is
+    not the head is never used (it is rebuilt)."""
+    head = mlflow_head_revision()
+    if head is None:
+        return None
+    version = importlib.metadata.version("mlflow")
+    template = template_dir() / f"mlflow-{version}-{head}.db"
+    if template.is_file() and store_revision(template) == head:
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent, prefix=".build-") as building:
+        built = Path(building) / "mlflow.db"
+        _build_with_mlflow(built)
+        if store_revision(built) != head:
+            return None  # MLflow built another schema than its files name: do not keep it
+        os.replace(built, template)  # atomic: a reader sees no file or a whole one
+    return template
+
+
+def _build_with_mlflow(path: Path) -> None:
+    """An empty store as MLflow's client creates it (every migration, Default experiment)."""
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+
+
+def create_store(path: Path, experiment: str, artifact_location: str) -> bool:
+    """A new store at `path` copied from the pristine one, with the rows MLflow writes on its
+    first use there: the Default experiment's artifacts under `./mlruns/0` of this process
+    (SqlAlchemyStore._create_default_experiment) and `experiment` at `artifact_location`
+    (create_experiment). The file appears whole or not at all (linked into place, never
+    over an existing file). False when no template can be had or `path` exists already."""
+    template = store_template()
+    if template is None or path.exists():
+        return False
+    now = int(time.time() * 1000)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    # Created as sqlite3 creates a store file: mode 0666 less the umask.
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        shutil.copyfile(template, temporary)
+        with contextlib.closing(sqlite3.connect(temporary, isolation_level=None)) as db:
+            db.execute("begin immediate")
+            db.execute(
+                "update experiments set artifact_location = ?, creation_time = ?, "
+                "last_update_time = ? where experiment_id = ?",
+                (
+                    f"{Path.cwd().joinpath('mlruns').as_posix()}/{DEFAULT_EXPERIMENT_ID}",
+                    now,
+                    now,
+                    DEFAULT_EXPERIMENT_ID,
+                ),
+            )
+            db.execute(
+                "insert into experiments (name, artifact_location, lifecycle_stage, "
+                "creation_time, last_update_time, workspace) values (?, ?, 'active', ?, ?, ?)",
+                (experiment, artifact_location, now, now, _WORKSPACE),
+            )
+            db.execute("commit")
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False  # another process created the store meanwhile: use that one
+        return True
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def _key(key: str) -> str:

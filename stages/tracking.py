@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lineage import record
-from lineage.sqlite_store import DirectStore, http_source
+from lineage.sqlite_store import DirectStore, create_store, http_source
 from stages.common import (
     STAGE_ENV,
     BadInputError,
@@ -193,9 +193,18 @@ class ClientWriter:
 
 def open_writer(uri: str) -> DirectStore | ClientWriter:
     """The cheapest writer for the run record: sqlite3 straight into a SQLite store MLflow has
-    built (no `import mlflow`: 1.5-2 s a process), else MLflow's client (connect_store)."""
+    built (no `import mlflow`: 1.5-2 s a process), a new one copied from a pristine store,
+    else MLflow's client (connect_store)."""
     path = record.sqlite_path(uri)
     if path is not None:
+        if not path.exists():
+            # A copy of the pristine store MLflow built once (lineage.sqlite_store), not
+            # MLflow's import and 68 migrations in this process. When it cannot be made,
+            # MLflow's client below creates the store, or names what stops it, as before.
+            try:
+                create_store(path, record.experiment_name(), record.artifact_location(path))
+            except Exception as exc:
+                log.warning("%s: not copied from a pristine MLflow store: %s", path, exc)
         with contextlib.suppress(sqlite3.Error, OSError, ValueError, TypeError):
             store = DirectStore.open(path, record.experiment_name())
             if store is not None:
