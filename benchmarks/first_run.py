@@ -47,7 +47,15 @@ def new_user_env(workdir: Path, tlc_source: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
     if "PYENV_ROOT" not in env and (Path.home() / ".pyenv").is_dir():
         env["PYENV_ROOT"] = str(Path.home() / ".pyenv")  # pyenv's shims look under HOME
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "PREFECT_API_URL", "PREFECT_HOME"):
+    # XDG_CACHE_HOME too: the pristine MLflow store (lineage.sqlite_store) lives in the user's
+    # cache, and a new user has none yet.
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "PREFECT_API_URL",
+        "PREFECT_HOME",
+        "XDG_CACHE_HOME",
+    ):
         env.pop(name, None)
     # Neither uv nor a virtual environment (this one's `python3` refuses `pip install --user`).
     path = [
