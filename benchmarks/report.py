@@ -114,7 +114,7 @@ def exponent(points: list[tuple[float, float]]) -> float | None:
 
 def scaling(table: dict, span: tuple[int, int]) -> list[dict[str, Any]]:
     """Cost exponents of each stage (and of prepare+features+train per model type) over the
-    scales within `span`."""
+    scales within `span`, for the stages measured at both of its ends."""
     low, high = span
     label = f"{low}x-{high}x"
 
@@ -123,6 +123,8 @@ def scaling(table: dict, span: tuple[int, int]) -> list[dict[str, Any]]:
 
     out = []
     for impl, stage in sorted({(i, s) for i, s, _ in table if not s.startswith("dask")}):
+        if not all((impl, stage, end) in table for end in span):
+            continue
         pts = [
             (r["rows"], r["seconds"], r["peak_rss_mib"])
             for (i, s, n), r in table.items()
