@@ -29,9 +29,11 @@ for name in green_tripdata_2025-02.parquet green_tripdata_2025-03.parquet taxi_z
   ln -s "$tlc/$name" "$work/source/$name"
 done
 export TLC_SOURCE=$work/source
+# The stages' `python` is the project's environment, as under `uv run`.
+export PATH="$work/clone/.venv/bin:$PATH"
 timed() { /usr/bin/time -f "$1: %e s wall, largest process %M KiB" "${@:2}"; }
-timed "dvc repro (ridge)" .venv/bin/dvc repro >"$work/repro.log" 2>&1 || { tail "$work/repro.log"; exit 1; }
+timed "dvc repro (ridge)" dvc repro >"$work/repro.log" 2>&1 || { tail "$work/repro.log"; exit 1; }
 grep -E "fitted|INFO \{|wall" "$work/repro.log" | cut -c1-160
-timed "dvc exp run -S model.type=xgboost" .venv/bin/dvc exp run -S model.type=xgboost \
+timed "dvc exp run -S model.type=xgboost" dvc exp run -S model.type=xgboost \
   >"$work/exp.log" 2>&1 || { tail "$work/exp.log"; exit 1; }
 grep -E "fitted|INFO \{|wall" "$work/exp.log" | cut -c1-160
