@@ -209,11 +209,11 @@ def targets(
         }
 
     exps = list(totals_exponents(SPANS[0]).values())
-    peaks = list(ours_peaks(64).values())
     season_exps = totals_exponents(SPANS[1])
     season_wanted = {"ridge", "xgboost"} & set(season_exps)
     season_peaks = ours_peaks(TARGET_SEASON_SCALE)
     peaks_64 = ours_peaks(64)
+    peaks = list(peaks_64.values())
     ours_64 = table.get(("ours", "features+train ridge", 64))
     theirs_64 = table.get(("course", "features+train lasso", 64))
     speedup_64 = theirs_64["seconds"] / ours_64["seconds"] if ours_64 and theirs_64 else None

@@ -31,6 +31,11 @@ EXIT_BAD_INPUT = 65
 EXIT_TRANSIENT = 75
 # Exit status of a stage the machine refused: a read-only file, a full disk (EX_IOERR).
 EXIT_IO = 74
+# Trips per chunk wherever a stage works through a table piece by piece (prepare's batches,
+# encode, the linear fit's moments and predictions): a chunk's temporaries stay near 4 MiB,
+# under glibc's 32 MiB mmap threshold, so the heap reuses them chunk after chunk instead of
+# faulting in fresh pages for n-long ones (benchmarks/results/FINDINGS.md, issue 13 target 4).
+CHUNK_ROWS = 1 << 19
 # The first words of the one line each of those failures prints (the flow reads them).
 BAD_INPUT_PREFIX = "BAD INPUT in stage"
 TRANSIENT_PREFIX = "TRANSIENT FAILURE in stage"

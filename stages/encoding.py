@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from stages.common import CHUNK_ROWS
+
 TARGET = "duration_minutes"
 # pickup * PAIR_BASE + dropoff: a pair key that sorts and prints as the two zone ids.
 PAIR_BASE = 1000
@@ -25,9 +27,6 @@ FEATURE_DTYPES = {
     "weekday": np.int8,
     "trip_distance": np.float64,
 }
-# Trips per chunk of encode: its int64 temporaries stay near 4 MiB, under glibc's 32 MiB mmap
-# threshold, so the heap reuses them instead of faulting in fresh pages for n-long ones.
-CHUNK_ROWS = 1 << 19
 
 
 # Vocabularies of non-negative values below this are looked up in a dense table (TLC zone ids

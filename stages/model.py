@@ -18,16 +18,13 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from stages.common import BadInputError, ModelParams, XGBoostParams, atomic_path
+from stages.common import CHUNK_ROWS, BadInputError, ModelParams, XGBoostParams, atomic_path
 from stages.encoding import TARGET, encode
 
 LINEAR_TYPES = ("lasso", "ridge")
 # Conjugate gradients on X'X: relative residual at which ridge counts as solved.
 RIDGE_RTOL, RIDGE_MAX_ITER = 1e-10, 20_000
 LASSO_TOL = 1e-4  # sklearn's default
-# Trips per chunk of linear_moments: its int64/float64 temporaries stay near 4 MiB, well under
-# glibc's 32 MiB mmap threshold, so the heap reuses them chunk after chunk.
-CHUNK_ROWS = 1 << 19
 log = logging.getLogger("stages.model")
 # Categorical blocks of the linear model's one-hot design, and the numeric columns after them.
 NUMERIC_COLUMNS = ("trip_distance", "log_trip_distance")
@@ -69,6 +66,12 @@ class Design:
     @property
     def shape(self) -> tuple[int, int]:
         return self.columns.shape[1], int(self.starts[-1] + self.widths[-1])
+
+
+def _block_layout(encoders: dict) -> tuple[list[int], np.ndarray]:
+    """The one-hot blocks' widths and first columns; starts[-1] is the first numeric column."""
+    widths = list(linear_blocks(encoders).values())
+    return widths, np.concatenate([[0], np.cumsum(widths)])
 
 
 def _block_codes(features: pd.DataFrame) -> list[np.ndarray]:
@@ -140,9 +143,8 @@ def linear_moments(
     temporaries than computing (FINDINGS, issue 13 target 4), and the cost per trip grew with
     the trips.
     """
-    widths = list(linear_blocks(encoders).values())
+    widths, starts = _block_layout(encoders)
     n_blocks, n_numeric = len(widths), len(NUMERIC_COLUMNS)
-    starts = np.concatenate([[0], np.cumsum(widths)])
     n = len(features)
     counts = [np.zeros(w) for w in widths]
     block_y = [np.zeros(w) for w in widths]
@@ -207,7 +209,7 @@ def linear_moments(
 def ridge_solve(moments: Moments, alpha: float) -> tuple[np.ndarray, float]:
     """Exact ridge with an unpenalised intercept, from the normal equations.
 
-    X'X is formed sparse (gram_matrix) and solved by conjugate gradients preconditioned with
+    X'X is formed sparse (linear_moments) and solved by conjugate gradients preconditioned with
     its diagonal. A dense solve is cubic in the columns, and the pair vocabulary grows with the
     trips (4,173 columns at 16x January: 1.7 s dense; here 0.07 s for X'X, 0.1 s to solve).
     The preconditioner evens out one-hot columns whose counts span four orders of magnitude
@@ -430,8 +432,7 @@ def linear_predict(
     1.9 GB.
     """
     coef = np.asarray(model["coef"], dtype=np.float64)
-    widths = list(linear_blocks(encoders).values())
-    starts = np.concatenate([[0], np.cumsum(widths)])
+    _, starts = _block_layout(encoders)
     numeric_coef = coef[starts[-1] :]
     predicted = np.empty(len(features))
     for lo in range(0, len(features), chunk_rows):

@@ -7,6 +7,7 @@ however many trips the month has.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stages.common import (
+    CHUNK_ROWS,
     BadInputError,
     PrepareParams,
     check_month,
@@ -30,10 +32,6 @@ from stages.tlc import check_trip_schema, trip_columns
 from stages.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
-# Trips per batch of clean_file: a batch's masks and durations (a few MiB) are reused batch
-# after batch, where n-long ones were faulted in fresh and grew the cost per trip with n.
-BATCH_ROWS = 1 << 19
-
 CLEAN_COLUMNS = [
     "pickup_datetime",
     "pickup_zone",
@@ -43,17 +41,24 @@ CLEAN_COLUMNS = [
 ]
 
 
-def read_trips(path: Path, colour: str) -> pd.DataFrame:
-    """The columns the pipeline uses, under its own names."""
-    columns = trip_columns(colour)
+@contextlib.contextmanager
+def _trip_file(path: Path, colour: str) -> Iterator[tuple[pq.ParquetFile, dict[str, str]]]:
+    """The file, schema-checked, and its columns the pipeline uses (source -> its name); a
+    file that cannot be read, then or while reading it in the block, is bad input naming it."""
     try:
         parquet = pq.ParquetFile(path)
         check_trip_schema(parquet.schema_arrow, colour, str(path))
-        table = parquet.read(columns=list(columns))
+        yield parquet, trip_columns(colour)
     except (OSError, ValueError) as exc:
         if isinstance(exc, BadInputError):
             raise
         raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
+
+
+def read_trips(path: Path, colour: str) -> pd.DataFrame:
+    """The columns the pipeline uses, under its own names."""
+    with _trip_file(path, colour) as (parquet, columns):
+        table = parquet.read(columns=list(columns))
     return table.rename_columns([columns[c] for c in table.column_names]).to_pandas()
 
 
@@ -116,17 +121,10 @@ def clean_trips(
 
 
 def _trip_batches(path: Path, colour: str) -> Iterator[pd.DataFrame]:
-    """read_trips, BATCH_ROWS trips at a time, in file order."""
-    columns = trip_columns(colour)
-    try:
-        parquet = pq.ParquetFile(path)
-        check_trip_schema(parquet.schema_arrow, colour, str(path))
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(columns)):
+    """read_trips, CHUNK_ROWS trips at a time, in file order."""
+    with _trip_file(path, colour) as (parquet, columns):
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=list(columns)):
             yield batch.rename_columns([columns[c] for c in batch.schema.names]).to_pandas()
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, BadInputError):
-            raise
-        raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
 
 
 def _clean_batches(

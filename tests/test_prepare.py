@@ -147,7 +147,7 @@ def test_clean_file_in_batches_equals_the_whole_file(
 
     path = small_tlc / "green_tripdata_2025-01.parquet"
     whole, whole_report = clean_trips(january, "2025-01", PARAMS)
-    monkeypatch.setattr(prepare, "BATCH_ROWS", 997)
+    monkeypatch.setattr(prepare, "CHUNK_ROWS", 997)
     batched, batched_report = clean_file(path, "green", "2025-01", PARAMS)
     pd.testing.assert_frame_equal(batched, whole)
     assert batched_report == whole_report
