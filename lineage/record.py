@@ -79,6 +79,17 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store did not answer: a transient failure, worth a retry."""
 
 
+# The error codes with which MLflow's client (and lineage.sqlite_client) says a model,
+# version or alias does not exist; read from the exception, so no caller imports MLflow's
+# exception class (that import is MLflow's whole import).
+NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """An MLflow error saying the model, version or alias asked for does not exist."""
+    return getattr(exc, "error_code", None) in NOT_FOUND_CODES
+
+
 class TrackingStoreError(RuntimeError):
     """The tracking store answered but cannot be used (read-only, corrupt, disk full)."""
 
@@ -387,8 +398,6 @@ def find_model_version(client: Any, model_uri: str) -> Any | None:
     """The registered version `models:/<name>/<version>`, `models:/<name>/latest` or
     `models:/<name>@<alias>` names now; None when there is no such model, version or alias.
     ValueError for a URI of another form; other store errors propagate."""
-    from mlflow.exceptions import MlflowException
-
     ref = model_uri.removeprefix("models:/").rstrip("/")
     name, at, alias = ref.partition("@")
     if not at:
@@ -404,8 +413,8 @@ def find_model_version(client: Any, model_uri: str) -> Any | None:
             versions = client.search_model_versions(f"name = '{name}'")
             return max(versions, key=lambda v: int(v.version)) if versions else None
         return client.get_model_version(name, number)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+    except Exception as exc:
+        if is_not_found(exc):
             return None
         raise
 
@@ -526,11 +535,11 @@ class VersionRecord:
 
 def registered_versions(client: Any, model_name: str) -> list[VersionRecord]:
     """Every version of a registered model with its aliases, in pages of one query each."""
-    from mlflow.exceptions import MlflowException
-
     try:
         aliases = dict(client.get_registered_model(model_name).aliases or {})
-    except MlflowException:
+    except Exception as exc:
+        if not is_not_found(exc):
+            raise
         return []  # no such model (any more): none of its versions can be listed
     by_version: dict[str, list[str]] = {}
     for alias, number in aliases.items():

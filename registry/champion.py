@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lineage import record
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_PREFIX = "promotion."
 # Tags evaluate writes on every version it evaluates: the data its metrics were measured on.
@@ -149,12 +151,10 @@ def who() -> str:
 
 
 def version_with_alias(client: Any, name: str, alias: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+    except Exception as exc:
+        if record.is_not_found(exc):
             return None
         raise
 
@@ -270,11 +270,11 @@ def decide_and_record(
 def promote_by_hand(client: Any, name: str, version: str, reason: str) -> Decision:
     """A person's promotion or rollback: the version becomes champion, recorded like
     evaluate's decisions (its scores as evaluate tagged them, the champion it replaces)."""
-    from mlflow.exceptions import MlflowException
-
     try:
         target = client.get_model_version(name, version)
-    except MlflowException:
+    except Exception as exc:
+        if not record.is_not_found(exc):
+            raise
         raise PromotionError(f"{name} has no version {version!r}") from None
     previous = version_with_alias(client, name, CHAMPION)
     if _number(previous) == _number(target):

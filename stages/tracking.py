@@ -359,17 +359,12 @@ class StageRun:
     ) -> None:
         """Attach files to this run, and files and metrics to `run_id` (the model's run) and
         `version_metrics` as tags of its registered version (`validation.rmse`, ...)."""
-        from mlflow.entities import Metric
-
         for target in [self.run_id] + ([run_id] if run_id else []):
             for path in files:
                 self.client.log_artifact(target, str(path), artifact_dir)
         if not run_id:
             return
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(self.metrics.items())]
-        )
+        self.writer.log_batch(run_id, metrics=dict(sorted(self.metrics.items())))
         registered = self.model_version_of(run_id)
         if registered and version_metrics:
             name, version = registered
