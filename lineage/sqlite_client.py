@@ -42,6 +42,7 @@ from typing import Any
 from lineage.sqlite_store import DirectStore
 
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+ACTIVE_ONLY = 1  # mlflow.entities.ViewType.ACTIVE_ONLY
 INVALID = "INVALID_PARAMETER_VALUE"
 _WORKSPACE = "default"
 # MLflow's constants (mlflow/store/..., mlflow/utils/validation.py, mlflow/prompt/constants.py).
@@ -167,8 +168,10 @@ def _bad_path(name: str) -> str:
 
 def _model_name(name: str) -> None:
     if name is None or name.strip() == "":
-        raise _invalid("Missing value for required parameter 'name'. See the API docs for more "
-                       "information about request parameters.")
+        raise _invalid(
+            "Missing value for required parameter 'name'. See the API docs for more "
+            "information about request parameters."
+        )
     if "/" in name or ":" in name:
         raise _invalid(f"Invalid model name '{name}'. Names cannot contain '/' or ':'.")
     if _path_not_unique(name):
@@ -292,6 +295,18 @@ def local_artifact_path(uri: str) -> Path:
     )
 
 
+def _append_to_uri_path(uri: str, path: str) -> str:
+    """MLflow's append_to_uri_path for a local artifact URI (mlflow/utils/uri.py): the path
+    joined as given (a trailing slash kept), nothing appended for an empty path."""
+    if not path:
+        return uri
+    parsed = urllib.parse.urlparse(uri)
+    if not parsed.scheme:
+        return posixpath.join(uri, path.lstrip("/")) if uri else path
+    joined = posixpath.join(parsed.path, path.lstrip("/")) if parsed.path else path
+    return urllib.parse.urlunparse(parsed._replace(path=joined))
+
+
 def _relative(path: str | None) -> str:
     """An artifact path as MLflow accepts it: relative, no `..` (validate_path_is_safe)."""
     if not path:
@@ -402,13 +417,20 @@ class SqliteClient:
         self,
         experiment_ids: list[str] | str,
         filter_string: str = "",
-        order_by: list[str] | None = None,
+        run_view_type: int = ACTIVE_ONLY,
         max_results: int = _SEARCH_RUNS_DEFAULT,
+        order_by: list[str] | None = None,
         page_token: Any = None,
     ) -> PagedList:
         """Active runs of the experiments matching a conjunction of `tags.<key> = '<v>'`
         (the key bare or backquoted) and `attributes.status = '<v>'`; ordered by
-        `attributes.start_time DESC|ASC` or by default (start time descending), then run id."""
+        `attributes.start_time DESC|ASC` or by default (start time descending), then run id.
+        MlflowClient's signature: `run_view_type` is MLflow's ViewType.ACTIVE_ONLY (1) only."""
+        if run_view_type != ACTIVE_ONLY:
+            raise ValueError(
+                f"run_view_type {run_view_type!r}: only active runs (ViewType.ACTIVE_ONLY = 1); "
+                "use MLflow's client"
+            )
         if isinstance(experiment_ids, (str, int)):
             experiment_ids = [experiment_ids]
         if not isinstance(max_results, int) or not 0 < max_results <= _SEARCH_RUNS_MAX:
@@ -435,8 +457,10 @@ class SqliteClient:
                 )
         direction = "desc"
         if order_by:
-            found = [re.fullmatch(r"\s*attributes\.start_time(\s+(asc|desc))?\s*", o, re.I)
-                     for o in order_by]
+            found = [
+                re.fullmatch(r"\s*attributes\.start_time(\s+(asc|desc))?\s*", o, re.I)
+                for o in order_by
+            ]
             if len(order_by) != 1 or found[0] is None:
                 raise ValueError(
                     f"order_by {order_by!r}: only ['attributes.start_time DESC|ASC'] is "
@@ -511,16 +535,23 @@ class SqliteClient:
                     temporary.unlink(missing_ok=True)
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
-        """The artifact (file or folder) copied to `dst_path/<path>`; its absolute local path
-        returned. Without `dst_path`, the artifact's own path (MLflow's local repository)."""
+        """The artifact (file or folder) copied into `dst_path` (made if missing) under its
+        last name, as MLflow downloads `runs:/<run>/<path>`: `model/artifacts` lands in
+        `dst_path/artifacts`; that absolute path returned. Without `dst_path`, the artifact's
+        own path (MLflow's local repository)."""
         base = self._artifact_dir(run_id)
         relative = _relative(path)
         source = base / relative
         if not source.exists():
-            raise SqliteClientError(f"No such artifact: '{relative or '.'}'", NOT_FOUND)
+            raise SqliteClientError(
+                f"Failed to download artifacts from path '{path}', please ensure that the path "
+                "is correct.",
+                NOT_FOUND,
+            )
         if dst_path is None:
             return str(source.resolve())
-        target = Path(dst_path).resolve() / relative
+        Path(dst_path).mkdir(parents=True, exist_ok=True)
+        target = Path(dst_path).resolve() / posixpath.basename(relative)
         if source.is_dir():
             shutil.copytree(source, target, dirs_exist_ok=True)
         else:
@@ -788,9 +819,7 @@ class SqliteClient:
                 f"{model_uri}: no {_MLMODEL} under the run's artifacts at {artifact_path!r} "
                 "(a logged model): use MLflow's client"
             )
-        source = run.info.artifact_uri.rstrip("/")
-        if artifact_path.strip("/"):
-            source += "/" + posixpath.normpath(artifact_path.strip("/"))
+        source = _append_to_uri_path(run.info.artifact_uri, artifact_path)
         now = int(time.time() * 1000)
         cursor = self.connection.cursor()
         cursor.execute("begin immediate")
@@ -828,4 +857,3 @@ class SqliteClient:
             raise
         cursor.execute("commit")
         return self.get_model_version(name, number)
-
