@@ -24,17 +24,17 @@ message (not a subclass of MlflowException: that would import MLflow).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import os
 import posixpath
 import re
 import shutil
-import sqlite3
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,6 +378,22 @@ class SqliteClient:
     def close(self) -> None:
         self.store.close()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction, BEGIN IMMEDIATE as DirectStore._write: the existence checks
+        made inside it and the write see the same rows, no other writer between them."""
+        self.connection.execute("begin immediate")
+        try:
+            yield
+        except BaseException:
+            self.connection.execute("rollback")
+            raise
+        self.connection.execute("commit")
+
+    def _execute(self, statements: Iterable[tuple[str, tuple]]) -> None:
+        for sql, values in statements:
+            self.connection.execute(sql, values)
+
     def _one(self, sql: str, values: tuple = ()) -> tuple | None:
         return self.connection.execute(sql, values).fetchone()
 
@@ -420,12 +436,14 @@ class SqliteClient:
         run_view_type: int = ACTIVE_ONLY,
         max_results: int = _SEARCH_RUNS_DEFAULT,
         order_by: list[str] | None = None,
+        *,
         page_token: Any = None,
     ) -> PagedList:
         """Active runs of the experiments matching a conjunction of `tags.<key> = '<v>'`
         (the key bare or backquoted) and `attributes.status = '<v>'`; ordered by
         `attributes.start_time DESC|ASC` or by default (start time descending), then run id.
-        MlflowClient's signature: `run_view_type` is MLflow's ViewType.ACTIVE_ONLY (1) only."""
+        MlflowClient's signature (`page_token` by keyword only): `run_view_type` is MLflow's
+        ViewType.ACTIVE_ONLY (1) only."""
         if run_view_type != ACTIVE_ONLY:
             raise ValueError(
                 f"run_view_type {run_view_type!r}: only active runs (ViewType.ACTIVE_ONLY = 1); "
@@ -485,23 +503,25 @@ class SqliteClient:
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
         """A run tag, overwritten; `mlflow.runName` also renames the run, as MLflow does."""
-        self._active_run(run_id)
-        key, value = _tag(key, value, _MAX_RUN_TAG_VALUE)
-        statements = self.store._tag_rows(run_id, {key: value})
-        if key == "mlflow.runName":
-            statements.append(("update runs set name = ? where run_uuid = ?", (value, run_id)))
-        self.store._write(statements)
+        with self._transaction():
+            self._active_run(run_id)
+            key, value = _tag(key, value, _MAX_RUN_TAG_VALUE)
+            statements = self.store._tag_rows(run_id, {key: value})
+            if key == "mlflow.runName":
+                statements.append(("update runs set name = ? where run_uuid = ?", (value, run_id)))
+            self._execute(statements)
 
     def set_terminated(
         self, run_id: str, status: str = "FINISHED", end_time: int | None = None
     ) -> None:
-        self._active_run(run_id)
         if status not in _RUN_STATUSES:
             raise _invalid(f"Invalid run status: {status}")
         end = int(time.time() * 1000) if end_time is None else int(end_time)
-        self.store._write(
-            [("update runs set status = ?, end_time = ? where run_uuid = ?", (status, end, run_id))]
-        )
+        with self._transaction():
+            self._active_run(run_id)
+            self.connection.execute(
+                "update runs set status = ?, end_time = ? where run_uuid = ?", (status, end, run_id)
+            )
 
     # ----------------------------------------------------------------------- artifacts
 
@@ -706,87 +726,80 @@ class SqliteClient:
         _model_name(name)
         _alias_name(alias)
         number = _version_number(version)
-        self._model_row(name)
-        if alias.lower() == "latest":
-            raise _invalid("'latest' alias name (case insensitive) is reserved.")
-        if _VERSION_ALIAS.match(alias):
-            raise _invalid(f"Version alias name '{alias}' is reserved.")
-        self._version_row(name, number)
-        self.store._write(
-            [
-                (
-                    "insert into registered_model_aliases (alias, version, name, workspace) "
-                    "values (?, ?, ?, ?) on conflict (workspace, name, alias) do update set "
-                    "version = excluded.version",
-                    (alias, number, name, _WORKSPACE),
-                )
-            ]
-        )
+        with self._transaction():
+            self._model_row(name)
+            if alias.lower() == "latest":
+                raise _invalid("'latest' alias name (case insensitive) is reserved.")
+            if _VERSION_ALIAS.match(alias):
+                raise _invalid(f"Version alias name '{alias}' is reserved.")
+            self._version_row(name, number)
+            self.connection.execute(
+                "insert into registered_model_aliases (alias, version, name, workspace) "
+                "values (?, ?, ?, ?) on conflict (workspace, name, alias) do update set "
+                "version = excluded.version",
+                (alias, number, name, _WORKSPACE),
+            )
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         _model_name(name)
         _alias_name(alias)
-        self._model_row(name)
-        self.store._write(
-            [
-                (
-                    "delete from registered_model_aliases where workspace = ? and name = ? and "
-                    "alias = ?",
-                    (_WORKSPACE, name, alias),
-                )
-            ]
-        )
+        with self._transaction():
+            self._model_row(name)
+            self.connection.execute(
+                "delete from registered_model_aliases where workspace = ? and name = ? and "
+                "alias = ?",
+                (_WORKSPACE, name, alias),
+            )
 
     def set_model_version_tag(
         self, name: str, version: str | int | None = None, key: str | None = None, value: Any = None
     ) -> None:
-        if version is None:
-            raise _invalid("Version or stage must be specified")
-        self._model_row(name)
-        number = _version_number(version)
-        key, value = _tag(key, "" if value is None else value, _MAX_REGISTRY_TAG_VALUE)
-        self._version_row(name, number)
-        self.store._write(
-            [
-                (
-                    "insert into model_version_tags (key, value, name, version, workspace) "
-                    "values (?, ?, ?, ?, ?) on conflict (workspace, key, name, version) do "
-                    "update set value = excluded.value",
-                    (key, value, name, number, _WORKSPACE),
-                )
-            ]
-        )
+        """The tag's value as `str(value)`, as MLflow's client stores it (None is "None")."""
+        if not version:
+            raise _invalid("version or stage must be set")
+        with self._transaction():
+            self._model_row(name)
+            number = _version_number(version)
+            key, value = _tag(key, str(value), _MAX_REGISTRY_TAG_VALUE)
+            self._version_row(name, number)
+            self.connection.execute(
+                "insert into model_version_tags (key, value, name, version, workspace) "
+                "values (?, ?, ?, ?, ?) on conflict (workspace, key, name, version) do "
+                "update set value = excluded.value",
+                (key, value, name, number, _WORKSPACE),
+            )
 
     def delete_model_version(self, name: str, version: str | int) -> None:
         """MLflow keeps a deleted version's row (so its number is never reused) in stage
         `Deleted_Internal`, its source, run id and link redacted, its tags kept; the
         aliases naming it are deleted."""
-        self._model_row(name)
-        number = _version_number(version)
-        self._version_row(name, number)
-        now = int(time.time() * 1000)
-        key = (_WORKSPACE, name, number)
-        self.store._write(
-            [
-                (
-                    "update registered_models set last_updated_time = ? where workspace = ? "
-                    "and name = ?",
-                    (now, _WORKSPACE, name),
-                ),
-                (
-                    "delete from registered_model_aliases where workspace = ? and name = ? "
-                    "and version = ?",
-                    key,
-                ),
-                (
-                    "update model_versions set current_stage = ?, last_updated_time = ?, "
-                    "description = NULL, user_id = NULL, source = 'REDACTED-SOURCE-PATH', "
-                    "run_id = 'REDACTED-RUN-ID', run_link = 'REDACTED-RUN-LINK', "
-                    "status_message = NULL where workspace = ? and name = ? and version = ?",
-                    (_STAGE_DELETED, now, *key),
-                ),
-            ]
-        )
+        with self._transaction():
+            self._model_row(name)
+            number = _version_number(version)
+            self._version_row(name, number)
+            now = int(time.time() * 1000)
+            key = (_WORKSPACE, name, number)
+            self._execute(
+                [
+                    (
+                        "update registered_models set last_updated_time = ? where workspace = ? "
+                        "and name = ?",
+                        (now, _WORKSPACE, name),
+                    ),
+                    (
+                        "delete from registered_model_aliases where workspace = ? and name = ? "
+                        "and version = ?",
+                        key,
+                    ),
+                    (
+                        "update model_versions set current_stage = ?, last_updated_time = ?, "
+                        "description = NULL, user_id = NULL, source = 'REDACTED-SOURCE-PATH', "
+                        "run_id = 'REDACTED-RUN-ID', run_link = 'REDACTED-RUN-LINK', "
+                        "status_message = NULL where workspace = ? and name = ? and version = ?",
+                        (_STAGE_DELETED, now, *key),
+                    ),
+                ]
+            )
 
     def register_model(
         self,
@@ -821,25 +834,23 @@ class SqliteClient:
             )
         source = _append_to_uri_path(run.info.artifact_uri, artifact_path)
         now = int(time.time() * 1000)
-        cursor = self.connection.cursor()
-        cursor.execute("begin immediate")
-        try:
-            cursor.execute(
+        with self._transaction():
+            self.connection.execute(
                 "insert into registered_models (name, creation_time, last_updated_time, "
                 "description, workspace) values (?, ?, ?, NULL, ?) on conflict do nothing",
                 (name, now, now, _WORKSPACE),
             )
-            cursor.execute(
+            self.connection.execute(
                 "update registered_models set last_updated_time = ? where workspace = ? and "
                 "name = ?",
                 (now, _WORKSPACE, name),
             )
-            (highest,) = cursor.execute(
+            (highest,) = self.connection.execute(
                 "select max(version) from model_versions where workspace = ? and name = ?",
                 (_WORKSPACE, name),
             ).fetchone()
             number = (highest or 0) + 1
-            cursor.execute(
+            self.connection.execute(
                 "insert into model_versions (name, version, creation_time, last_updated_time, "
                 "description, user_id, current_stage, source, run_id, status, status_message, "
                 "run_link, storage_location, workspace) values "
@@ -847,13 +858,9 @@ class SqliteClient:
                 (name, number, now, now, _STAGE_NONE, source, run_id, source, _WORKSPACE),
             )
             for key, value in dict(version_tags).items():
-                cursor.execute(
+                self.connection.execute(
                     "insert into model_version_tags (key, value, name, version, workspace) "
                     "values (?, ?, ?, ?, ?)",
                     (key, value, name, number, _WORKSPACE),
                 )
-        except BaseException:
-            cursor.execute("rollback")
-            raise
-        cursor.execute("commit")
         return self.get_model_version(name, number)

@@ -192,6 +192,8 @@ def play(client: Any, runs: dict[str, str], scratch: Path) -> list:
     call("get_registered_model", MODEL)
     call("set_model_version_tag", MODEL, "1", "validation.rmse", 5.25)
     call("set_model_version_tag", MODEL, 1, "validation.rmse", "5.5")
+    call("set_model_version_tag", MODEL, 1, "none", None)
+    call("set_model_version_tag", MODEL, None, "k", "v")
     call("get_model_version_by_alias", MODEL, "champion")
     call("get_model_version_by_alias", MODEL, "challenger")
     call("get_model_version_by_alias", MODEL, "latest")
@@ -300,7 +302,7 @@ def test_the_same_calls_give_the_same_answers_and_rows(
     for got, want in zip(mine, mlflows, strict=True):
         assert same(got) == same(want), f"{same(got)}\n!=\n{same(want)}"
     errors = [a for a in mlflows if a[2] == "error"]
-    assert {e[3] for e in errors} == {NOT_FOUND, "INVALID_PARAMETER_VALUE"} and len(errors) == 19
+    assert {e[3] for e in errors} == {NOT_FOUND, "INVALID_PARAMETER_VALUE"} and len(errors) == 20
     # Both stores, read back through MLflow: the same runs, versions, aliases and files.
     rows = _registry_rows(ours_path), _registry_rows(theirs_path)
     assert same(rows[0]) == same(rows[1])
@@ -309,6 +311,19 @@ def test_the_same_calls_give_the_same_answers_and_rows(
     assert any(
         "Deleted_Internal" in r and "REDACTED-SOURCE-PATH" in r for r in rows[0]["model_versions"]
     )
+    for path in (ours_path, theirs_path):  # MLflow's time rules, held by both stores
+        with sqlite3.connect(path) as db:
+            model = db.execute("select creation_time, last_updated_time from registered_models")
+            times = dict(
+                db.execute("select version, last_updated_time - creation_time from model_versions")
+            )
+            (created, updated), (last,) = (
+                model.fetchone(),
+                db.execute("select max(creation_time) from model_versions").fetchone(),
+            )
+        # Tags and aliases change no time; a deletion its version's and the model's.
+        assert times[1] == times[3] == 0 and times[2] >= 0
+        assert updated >= last >= created
     assert _files(ours_path.parent / "mlruns") == _files(theirs_path.parent / "mlruns")
     readers = [MlflowSide(f"sqlite:///{p}") for p in (ours_path, theirs_path)]
     reads = [
