@@ -436,3 +436,35 @@ def test_it_needs_no_mlflow(stores: tuple[Path, Path, dict[str, str]], tmp_path:
     print(f"direct registry calls {float(seconds):.3f} s in a process of {elapsed:.3f} s")
     version = MlflowSide(f"sqlite:///{path}").get_model_version_by_alias(MODEL, "challenger")
     assert (version.version, version.tags, version.run_id) == (1, {"k": "v"}, runs["a"])
+
+
+def test_concurrent_registrations_get_distinct_versions(
+    stores: tuple[Path, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Parallel experiments register into one store: each process its own number (the
+    highest is read and the version written in one BEGIN IMMEDIATE transaction)."""
+    path, _, runs = stores
+    client = SqliteClient.open(path, EXPERIMENT)
+    client.log_artifacts(runs["a"], str(_model_folder(tmp_path / "scratch")), "model")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from lineage.sqlite_client import SqliteClient\n"
+        f"client = SqliteClient.open(Path({str(path)!r}), {EXPERIMENT!r})\n"
+        f"print(client.register_model('runs:/{runs['a']}/model', {MODEL!r}).version)\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[1],
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert sorted(int(out) for out, _ in outputs) == [1, 2, 3, 4]
+    found = MlflowSide(f"sqlite:///{path}").search_model_versions(f"name = '{MODEL}'")
+    assert sorted(v.version for v in found) == [1, 2, 3, 4]
