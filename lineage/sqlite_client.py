@@ -344,13 +344,23 @@ class SqliteClient:
     @classmethod
     def open(cls, path: Path, experiment: str) -> SqliteClient | None:
         """The client of the store at `path`, or None when MLflow's client must do it: a store
-        DirectStore.open refuses, artifacts not on this file system (any experiment's),
-        registry webhooks (MLflow's client over SQLite does not fire them either, only its
-        server does; a store that has them is left to the tools that know them), prompts in
-        the registry (MLflow hides them from model calls), or models of another workspace."""
+        DirectStore.open refuses, or one `for_store` refuses."""
         store = DirectStore.open(path, experiment)
         if store is None:
             return None
+        client = cls.for_store(store)
+        if client is None:
+            store.close()
+        return client
+
+    @classmethod
+    def for_store(cls, store: DirectStore) -> SqliteClient | None:
+        """A client on an open DirectStore (the stage's own writer: one connection), or None
+        (the store left open) when the store holds what this client cannot honour: artifacts
+        not on this file system (any active experiment's), registry webhooks (MLflow's client
+        over SQLite does not fire them either, only its server does; a store that has them is
+        left to the tools that know them), prompts in the registry (MLflow hides them from
+        model calls), or models of another workspace."""
         db = store.connection
         refuse = bool(db.execute("select 1 from webhooks limit 1").fetchone())
         refuse |= bool(
@@ -370,10 +380,7 @@ class SqliteClient:
                 local_artifact_path(location or "")
             except NonLocalArtifacts:
                 refuse = True
-        if refuse:
-            store.close()
-            return None
-        return cls(store)
+        return None if refuse else cls(store)
 
     def close(self) -> None:
         self.store.close()

@@ -393,6 +393,10 @@ def test_stores_it_cannot_honour_go_to_mlflow(
         with sqlite3.connect(copy) as db:
             db.executescript(change)
         assert SqliteClient.open(copy, EXPERIMENT) is None, change
+        writer = DirectStore.open(copy, EXPERIMENT)
+        assert SqliteClient.for_store(writer) is None, change
+        assert writer.connection.execute("select count(*) from runs").fetchone() == (3,)
+        writer.close()
     # A run whose artifacts are elsewhere, in a store otherwise fine: refused by name.
     with sqlite3.connect(path) as db:
         db.execute(
