@@ -413,6 +413,21 @@ def check_example(example: Any, columns: list[dict[str, Any]]) -> None:
 # -- the python model file (models from code) -------------------------------------------------
 
 
+def _check_model_imports(tree: ast.Module, path: Path) -> None:
+    """MLflow runs the file, so a module-level import that is not installed fails its save:
+    each top-level package is looked up (find_spec of a top-level name imports nothing)."""
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # the file runs as a lone module: MLflow's load would fail
+                raise NotMirroredError(f"{path}: a relative import")
+            names = [node.module or ""]
+        for name in names:
+            top = name.split(".")[0]
+            if top != "__future__" and importlib.util.find_spec(top) is None:
+                raise NotMirroredError(f"{path}: imports {name}, which is not installed")
+
+
 def check_model_file(path: Path) -> None:
     """The model file must have the one shape whose effect on save_model is mirrored: one
     PythonModel subclass, predict(self, context, model_input: pd.DataFrame, ...) (MLflow infers
@@ -435,6 +450,7 @@ def check_model_file(path: Path) -> None:
     ):
         if word in text:
             raise NotMirroredError(f"{path}: uses {word}, which MLflow's save_model acts on")
+    _check_model_imports(tree, path)
     imports_pandas_as_pd = any(
         isinstance(node, ast.Import)
         and any(a.name == "pandas" and a.asname == "pd" for a in node.names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -149,64 +150,104 @@ def test_requirements_and_python_env_come_from_this_environment(inputs, tmp_path
     assert conda["dependencies"][-1] == {"pip": requirements}
 
 
-def _with_predict_stream(tmp_path: Path) -> str:
+def _model_file(tmp_path: Path, old: str, new: str) -> str:
+    """The project's model file with one change, written beside the test's folders."""
     source = PYFUNC_MODEL.read_text()
-    marker = "\n\nmlflow.models.set_model("
-    assert marker in source
-    stream = "\n    def predict_stream(self, context, model_input, params=None):\n        yield 1\n"
-    changed = tmp_path / "streaming_model.py"
-    changed.write_text(source.replace(marker, stream + marker))
+    assert source.count(old) == 1
+    changed = tmp_path / "changed_model.py"
+    changed.write_text(source.replace(old, new))
     return str(changed)
 
 
-def _same_name(args: dict, tmp_path: Path) -> str:
+def int32_zones(args: dict, tmp_path: Path) -> dict:
+    return args | {"input_example": args["input_example"].astype({"PULocationID": "int32"})}
+
+
+def no_distance(args: dict, tmp_path: Path) -> dict:
+    return args | {"input_example": args["input_example"].drop(columns="trip_distance")}
+
+
+def numpy_twice(args: dict, tmp_path: Path) -> dict:
+    return args | {"pip_requirements": [*MODEL_REQUIREMENTS, "numpy>=1.20"]}
+
+
+def requirements_file(args: dict, tmp_path: Path) -> dict:
+    return args | {"pip_requirements": ["-r requirements.txt"]}
+
+
+def same_file_name(args: dict, tmp_path: Path) -> dict:
     other = tmp_path / "other" / "model.json"
     other.parent.mkdir()
     shutil.copyfile(args["artifacts"]["model"], other)
-    return str(other)
+    return args | {"artifacts": args["artifacts"] | {"copy": str(other)}}
 
 
+def streaming(args: dict, tmp_path: Path) -> dict:
+    stream = (
+        "    def predict_stream(self, context, model_input, params=None):\n        yield 1\n\n\n"
+    )
+    marker = "mlflow.models.set_model("
+    return args | {"python_model": _model_file(tmp_path, marker, stream + marker)}
+
+
+def list_hint(args: dict, tmp_path: Path) -> dict:
+    hint = _model_file(tmp_path, "model_input: pd.DataFrame", "model_input: list[str]")
+    return args | {"python_model": hint}
+
+
+def missing_import(args: dict, tmp_path: Path) -> dict:
+    module = _model_file(tmp_path, "import numpy as np", "import numpy_not_installed as np")
+    return args | {"python_model": module}
+
+
+def flavor(folder: Path) -> dict:
+    return yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+
+
+# A change refused (the refusal names it), and what MLflow's save_model does with it: writes a
+# model (the caller's fallback; the check shows what it writes differently, where it does),
+# fails naming the text, or None: not tried.
 REFUSALS = {
-    # (what changes, whether MLflow accepts it: then the caller's fallback writes the model)
-    "int32 zone ids (MLflow upcasts)": (
-        lambda a, t: a | {"input_example": a["input_example"].astype({"PULocationID": "int32"})},
-        True,
-    ),
-    "a required column missing": (
-        lambda a, t: a | {"input_example": a["input_example"].drop(columns="trip_distance")},
-        False,
-    ),
+    "int32 zone ids (MLflow upcasts)": (int32_zones, "'PULocationID' is int32", lambda f: True),
+    "a required column missing": (no_distance, "'trip_distance' missing", "trip_distance"),
     "a package listed twice (MLflow merges)": (
-        lambda a, t: a | {"pip_requirements": [*MODEL_REQUIREMENTS, "numpy>=1.20"]},
-        True,
+        numpy_twice,
+        "listed twice",
+        lambda f: "numpy>=1.20" in (f / "requirements.txt").read_text().splitlines(),
     ),
-    "a requirements file": (lambda a, t: a | {"pip_requirements": ["-r requirements.txt"]}, None),
-    "two artifacts named alike (MLflow renames)": (
-        lambda a, t: a | {"artifacts": a["artifacts"] | {"copy": _same_name(a, t)}},
-        True,
+    "a requirements file": (requirements_file, "options and files", None),
+    "two artifacts with one name (MLflow renames)": (
+        same_file_name,
+        "same file name",
+        lambda f: (
+            "artifacts/model.json" not in {a["path"] for a in flavor(f)["artifacts"].values()}
+        ),
     ),
-    "a model that streams": (lambda a, t: a | {"python_model": _with_predict_stream(t)}, True),
+    "a model that streams": (streaming, "predict_stream", lambda f: flavor(f)["streamable"]),
+    "a model input hint MLflow reads": (list_hint, "annotated pd.DataFrame", None),
+    "a model importing what is not installed": (
+        missing_import,
+        "numpy_not_installed",
+        "numpy_not_installed",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_refused_before_anything_is_written(case, inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(inputs["root"])
-    change, mlflow_accepts = REFUSALS[case]
+    change, refusal, mlflow_outcome = REFUSALS[case]
     args = change(save_args(inputs, "features/encoders.json"), tmp_path)
-    with pytest.raises(NotMirroredError):
+    with pytest.raises(NotMirroredError, match=re.escape(refusal)):
         save_pyfunc_folder(tmp_path / "ours", signature=request_signature(), **args)
     assert not (tmp_path / "ours").exists()
-    if mlflow_accepts is None:
-        return
-    if mlflow_accepts:  # the fallback: MLflow's own save_model writes this model
+    if isinstance(mlflow_outcome, str):  # MLflow refuses it too
+        with pytest.raises(Exception, match=mlflow_outcome):
+            mlflow_save(tmp_path / "mlflow", args)
+    elif mlflow_outcome is not None:  # the fallback: MLflow's own save_model writes it
         mlflow_save(tmp_path / "mlflow", args)
         assert (tmp_path / "mlflow" / "MLmodel").is_file()
-    else:
-        from mlflow.exceptions import MlflowException
-
-        with pytest.raises(MlflowException, match="trip_distance"):
-            mlflow_save(tmp_path / "mlflow", args)
+        assert mlflow_outcome(tmp_path / "mlflow")
 
 
 @pytest.mark.parametrize(
