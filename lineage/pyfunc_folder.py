@@ -527,7 +527,10 @@ def _copy_targets(code_paths: Sequence[Path | str], model_file: Path) -> list[tu
         targets.append((source, f"{CODE_DIR}/{source.name}"))
     names = [t.casefold() for _, t in targets]
     if len(set(names)) != len(names) or model_file.name in RESERVED:
-        raise NotMirroredError(f"code paths {[str(s) for s, _ in targets]}: two share a name")
+        raise NotMirroredError(
+            f"python_model and code paths {[str(s) for s, _ in targets]}: two share a name, "
+            "or the model file is named like a file MLflow writes"
+        )
     return targets
 
 
