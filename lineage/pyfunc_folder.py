@@ -87,42 +87,6 @@ class NotMirroredError(Exception):
     mlflow.pyfunc.save_model instead. Raised before anything is written."""
 
 
-# -- signatures (mlflow.types.schema, mlflow.models.signature) --------------------------------
-
-
-def col_spec(type_name: str, name: str, required: bool = True) -> dict[str, Any]:
-    """ColSpec.to_dict for a named column of a plain data type."""
-    return {"type": type_name, "name": name, "required": required}
-
-
-def tensor_spec(dtype: str, shape: Sequence[int]) -> dict[str, Any]:
-    """TensorSpec.to_dict for an unnamed tensor (dtype as numpy names it)."""
-    return {"type": "tensor", "tensor-spec": {"dtype": dtype, "shape": list(shape)}}
-
-
-def signature_dict(
-    inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]]
-) -> dict[str, Any]:
-    """ModelSignature.to_dict: each schema as Schema.to_json makes it, no params."""
-    return {
-        "inputs": json.dumps(list(inputs)),
-        "outputs": json.dumps(list(outputs)),
-        "params": None,
-    }
-
-
-def request_signature() -> dict[str, Any]:
-    """stages.request.signature().to_dict() without MLflow: raw trips in, minutes out."""
-    from stages import request
-
-    return signature_dict(
-        [col_spec("long", column) for column in request.ZONE_COLUMNS]
-        + [col_spec("double", request.DISTANCE_COLUMN)]
-        + [col_spec("datetime", column, required=False) for column in request.PICKUP_COLUMNS],
-        [tensor_spec("float64", (-1,))],
-    )
-
-
 # -- the environment, read where MLflow reads it ----------------------------------------------
 
 
@@ -379,7 +343,9 @@ def signature_columns(signature: Mapping[str, Any]) -> list[dict[str, Any]]:
             raise NotMirroredError(f"signature: input {column!r} is not a named column")
         if column["type"] not in CHECKED_TYPES or not isinstance(column["required"], bool):
             raise NotMirroredError(f"signature: column type {column['type']!r} is not mirrored")
-    if json.dumps([col_spec(c["type"], c["name"], c["required"]) for c in columns]) != inputs:
+    # ColSpec.to_dict's key order, as Schema.to_json writes it.
+    as_mlflow = [{"type": c["type"], "name": c["name"], "required": c["required"]} for c in columns]
+    if json.dumps(as_mlflow) != inputs:
         raise NotMirroredError("signature: inputs are not written as MLflow's Schema.to_json")
     if len({c["name"] for c in columns}) != len(columns):
         raise NotMirroredError("signature: a column is named twice")

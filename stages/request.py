@@ -13,6 +13,7 @@ as the unseen-zone code, like a zone that had no training trips.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,24 +34,30 @@ class RequestError(BadInputError):
     """A scoring request the model cannot take: the message names the column."""
 
 
-def input_schema() -> Any:
-    """The MLflow schema of a request: zone ids and distance required, one of the pickup
-    timestamps (optional each: which one depends on the taxi colour)."""
-    from mlflow.types import ColSpec, Schema
-
-    return Schema(
-        [ColSpec("long", column) for column in ZONE_COLUMNS]
-        + [ColSpec("double", DISTANCE_COLUMN)]
-        + [ColSpec("datetime", column, required=False) for column in PICKUP_COLUMNS]
+def signature_dict() -> dict[str, Any]:
+    """The request's MLflow signature in `ModelSignature.to_dict()` form, built without MLflow
+    (train logs the model with lineage.pyfunc_folder): zone ids and distance required, one of
+    the pickup timestamps (optional each: which one depends on the taxi colour) in, minutes out.
+    tests/test_request.py holds it equal to the signature MLflow's own types build."""
+    inputs = (
+        [{"type": "long", "name": column, "required": True} for column in ZONE_COLUMNS]
+        + [{"type": "double", "name": DISTANCE_COLUMN, "required": True}]
+        + [{"type": "datetime", "name": column, "required": False} for column in PICKUP_COLUMNS]
     )
+    outputs = [{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1]}}]
+    return {"inputs": json.dumps(inputs), "outputs": json.dumps(outputs), "params": None}
 
 
 def signature() -> Any:
-    """Raw trips in, minutes out."""
+    """signature_dict() as MLflow's ModelSignature."""
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
-    return ModelSignature(input_schema(), Schema([TensorSpec(np.dtype("float64"), (-1,))]))
+    return ModelSignature.from_dict(signature_dict())
+
+
+def input_schema() -> Any:
+    """The MLflow schema requests are checked against (signature_dict's inputs)."""
+    return signature().inputs
 
 
 def example_request(clean: pd.DataFrame, rows: int) -> pd.DataFrame:

@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from lineage import record
+from lineage.pyfunc_folder import NotMirroredError, save_pyfunc_folder
+from lineage.sqlite_client import SqliteClient
 from lineage.sqlite_store import DirectStore, create_store, http_source
 from stages.common import (
     STAGE_ENV,
@@ -217,8 +219,10 @@ def open_writer(uri: str) -> DirectStore | ClientWriter:
 class StageRun:
     """What a stage tells MLflow while it works; outputs are staged until the run is recorded.
 
-    `writer` writes the run record; `client` (MLflow's, for models, the registry and
-    searches) is opened on first use, so stages that only record a run never import MLflow.
+    `writer` writes the run record; `client` serves models, the registry and searches: on a
+    SQLite store with local artifacts lineage.sqlite_client's SqliteClient on the writer's own
+    connection (no `import mlflow`), else MLflow's client, opened on first use, so stages that
+    only record a run never import MLflow.
     """
 
     def __init__(
@@ -244,7 +248,9 @@ class StageRun:
         self._after_commit: list[Callable[[], None]] = []
         self.model_version: Any = None
         self.registered_new = False  # a new version (not an identical one found registered)
-        self._client: Any = writer.client if isinstance(writer, ClientWriter) else None
+        self._client: Any = (
+            writer.client if isinstance(writer, ClientWriter) else SqliteClient.for_store(writer)
+        )
         self._opening: threading.Thread | None = None
         self._opened: dict[str, Any] = {}
         # Seconds the stage waited for MLflow's client (part of its mlflow_seconds), and the
@@ -254,7 +260,8 @@ class StageRun:
 
     def open_client_early(self) -> None:
         """Start connecting MLflow's client in a thread now (import mlflow, SQLAlchemy's store:
-        1.5-2 s), for a stage that will need it, so it overlaps the stage's own work."""
+        1.5-2 s), for a stage that will need it, so it overlaps the stage's own work (nothing
+        to do when the client is a SqliteClient)."""
         if self._client is None and self._opening is None:
             self._opening = threading.Thread(target=self._open, name="mlflow-client")
             self._opening.start()
@@ -320,8 +327,9 @@ class StageRun:
         example: Any = None,
     ) -> None:
         """Log the model (pickle-free pyfunc over its JSON files) and register a new version
-        once the outputs are in place. `signature`: the MLflow signature of its request;
-        `example`: a few real trips as a request, logged as the input example."""
+        once the outputs are in place. `signature`: the MLflow signature of its request, in
+        `ModelSignature.to_dict()` form (stages.request.signature_dict); `example`: a few real
+        trips as a request, logged as the input example."""
         self._model = {
             "model": Path(model_path),
             "encoders": Path(encoders_path),
@@ -402,11 +410,12 @@ class StageRun:
         """The model's artifacts: the exact bytes of the model and encoders files (their md5
         equals dvc.lock's) and the code that loads them, nothing pickled.
 
-        Saved locally and uploaded with the client, not through `mlflow.start_run`: leaving
-        that context would mark the run FINISHED before its outputs are committed.
+        The folder is the one `mlflow.pyfunc.save_model` writes, written by
+        lineage.pyfunc_folder (no `import mlflow`, none of save_model's dependency scan); MLflow
+        writes it when that module does not mirror the case. Uploaded with the client, not
+        through `mlflow.start_run`: leaving that context would mark the run FINISHED before its
+        outputs are committed.
         """
-        import mlflow
-
         spec = self._model
         with tempfile.TemporaryDirectory() as staging:
             model_copy = Path(staging) / spec["model"].name
@@ -416,15 +425,22 @@ class StageRun:
             for path in MODEL_CODE:
                 shutil.copyfile(path, package / Path(path).name)
             saved = Path(staging) / "model"
-            mlflow.pyfunc.save_model(
-                path=str(saved),
-                python_model=str(PYFUNC_MODEL),
-                artifacts={"model": str(model_copy), "encoders": str(spec["encoders"])},
-                code_paths=[str(package)],
-                pip_requirements=MODEL_REQUIREMENTS,
-                signature=spec["signature"],
-                input_example=spec["example"],
-            )
+            arguments = {
+                "python_model": str(PYFUNC_MODEL),
+                "artifacts": {"model": str(model_copy), "encoders": str(spec["encoders"])},
+                "code_paths": [str(package)],
+                "pip_requirements": MODEL_REQUIREMENTS,
+                "input_example": spec["example"],
+            }
+            try:
+                save_pyfunc_folder(saved, signature=spec["signature"], **arguments)
+            except NotMirroredError as exc:
+                log.info("model folder written by MLflow: %s", exc)
+                import mlflow
+                from mlflow.models import ModelSignature
+
+                signature = ModelSignature.from_dict(spec["signature"])
+                mlflow.pyfunc.save_model(path=str(saved), signature=signature, **arguments)
             self.client.log_artifacts(self.run_id, str(saved), "model")
         self._model_uri = f"runs:/{self.run_id}/model"
         spec["tags"][record.MODEL_MD5_TAG] = outputs[record.lineage_path(spec["model"])]
@@ -435,8 +451,6 @@ class StageRun:
         """The last step: a version exists only once its files are in place."""
         if self._model is None:
             return
-        import mlflow
-
         spec = self._model
         tags = {record.RUN_ID_TAG: self.run_id, **spec["tags"]}
         existing = record.same_model_version(self.client, spec["name"], tags)
@@ -450,7 +464,14 @@ class StageRun:
                 existing.version,
             )
         else:
-            self.model_version = mlflow.register_model(self._model_uri, spec["name"], tags=tags)
+            if isinstance(self.client, SqliteClient):
+                self.model_version = self.client.register_model(
+                    self._model_uri, spec["name"], tags=tags
+                )
+            else:
+                import mlflow
+
+                self.model_version = mlflow.register_model(self._model_uri, spec["name"], tags=tags)
             self.registered_new = True
             log.info("registered %s version %s", spec["name"], self.model_version.version)
         self.client.set_tag(self.run_id, record.MODEL_NAME_TAG, spec["name"])

@@ -70,7 +70,7 @@ def main(argv: list[str] | None) -> None:
                 **model_lineage(),
                 **record.file_tags(record.INPUT, run.inputs),
             },
-            signature=request.signature(),
+            signature=request.signature_dict(),
             example=example,
         )
         run.after_commit(lambda: _mark_challenger(run, model_params.registered_name))

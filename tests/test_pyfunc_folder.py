@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lineage.pyfunc_folder import NotMirroredError, request_signature, save_pyfunc_folder
+from lineage.pyfunc_folder import NotMirroredError, save_pyfunc_folder
 from stages import model as models
 from stages import request
 from stages.common import write_json
@@ -84,7 +84,7 @@ def test_same_folder_as_mlflow_save_model(cwd, inputs, tmp_path, monkeypatch):
     theirs, ours = tmp_path / "mlflow", tmp_path / "ours"
     mlflow_save(theirs, args)
     before = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
-    save_pyfunc_folder(ours, signature=request_signature(), **args)
+    save_pyfunc_folder(ours, signature=request.signature_dict(), **args)
     after = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
     their_files, our_files = files(theirs), files(ours)
@@ -128,17 +128,15 @@ def test_same_folder_as_mlflow_save_model(cwd, inputs, tmp_path, monkeypatch):
     assert np.all(np.isfinite(predicted)) and np.all(predicted > 0)
 
 
-def test_request_signature_is_mlflows():
-    assert request_signature() == request.signature().to_dict()
-
-
 def test_requirements_and_python_env_come_from_this_environment(inputs, tmp_path, monkeypatch):
     import importlib.metadata
     import sys
 
     monkeypatch.chdir(inputs["root"])
     save_pyfunc_folder(
-        tmp_path / "m", signature=request_signature(), **save_args(inputs, "features/encoders.json")
+        tmp_path / "m",
+        signature=request.signature_dict(),
+        **save_args(inputs, "features/encoders.json"),
     )
     requirements = (tmp_path / "m" / "requirements.txt").read_text().splitlines()
     assert requirements[0] == f"mlflow=={importlib.metadata.version('mlflow')}"
@@ -239,7 +237,7 @@ def test_refused_before_anything_is_written(case, inputs, tmp_path, monkeypatch)
     change, refusal, mlflow_outcome = REFUSALS[case]
     args = change(save_args(inputs, "features/encoders.json"), tmp_path)
     with pytest.raises(NotMirroredError, match=re.escape(refusal)):
-        save_pyfunc_folder(tmp_path / "ours", signature=request_signature(), **args)
+        save_pyfunc_folder(tmp_path / "ours", signature=request.signature_dict(), **args)
     assert not (tmp_path / "ours").exists()
     if isinstance(mlflow_outcome, str):  # MLflow refuses it too
         with pytest.raises(Exception, match=mlflow_outcome):
@@ -259,7 +257,7 @@ def test_refused_under_settings_that_change_mlflows_folder(variable, inputs, tmp
     with pytest.raises(NotMirroredError, match=variable):
         save_pyfunc_folder(
             tmp_path / "ours",
-            signature=request_signature(),
+            signature=request.signature_dict(),
             **save_args(inputs, "features/encoders.json"),
         )
     assert not (tmp_path / "ours").exists()
@@ -272,7 +270,7 @@ def test_refuses_a_folder_that_is_not_empty(inputs, tmp_path, monkeypatch):
     with pytest.raises(NotMirroredError, match="not empty"):
         save_pyfunc_folder(
             tmp_path / "ours",
-            signature=request_signature(),
+            signature=request.signature_dict(),
             **save_args(inputs, "features/encoders.json"),
         )
     assert os.listdir(tmp_path / "ours") == ["left.txt"]

@@ -18,6 +18,8 @@ from stages.request import (
     RequestError,
     example_request,
     input_schema,
+    signature,
+    signature_dict,
     trips_from_request,
 )
 from tests.conftest import clean_month, kept_rows, project_section
@@ -117,3 +119,24 @@ def test_a_bad_request_names_its_column(kept, encoders, change, message):
 def test_a_request_that_is_not_a_table_is_refused(encoders):
     with pytest.raises(RequestError, match="expected a table of trips"):
         trips_from_request([{"PULocationID": 1}], encoders)  # type: ignore[arg-type]
+
+
+def test_the_signature_dict_is_the_one_mlflows_types_build():
+    """signature_dict is written by hand (train logs the model without MLflow): it must be
+    what MLflow's own schema types give for the request."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    typed = ModelSignature(
+        Schema(
+            [ColSpec("long", column) for column in ("PULocationID", "DOLocationID")]
+            + [ColSpec("double", "trip_distance")]
+            + [
+                ColSpec("datetime", column, required=False)
+                for column in ("lpep_pickup_datetime", "tpep_pickup_datetime", "pickup_datetime")
+            ]
+        ),
+        Schema([TensorSpec(np.dtype("float64"), (-1,))]),
+    )
+    assert signature_dict() == typed.to_dict()
+    assert signature().to_dict() == typed.to_dict()
