@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage.sqlite_store import DirectStore
+from lineage.sqlite_store import KEY_PATTERN, DirectStore, resolves_elsewhere
 
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 ACTIVE_ONLY = 1  # mlflow.entities.ViewType.ACTIVE_ONLY
@@ -53,7 +53,6 @@ _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 _IS_PROMPT_TAG = "mlflow.prompt.is_prompt"
 _MAX_REGISTRY_TAG_KEY, _MAX_REGISTRY_TAG_VALUE, _MAX_ALIAS = 250, 100_000, 255
 _MAX_RUN_TAG_VALUE = 8000
-_KEY = re.compile(r"^[/\w.\- :]*$")
 _ALIAS = re.compile(r"^[\w\-]*$")
 _VERSION_ALIAS = re.compile(r"^[vV]\d+$")
 _MLMODEL = "MLmodel"
@@ -149,11 +148,6 @@ def _invalid(message: str) -> SqliteClientError:
     return SqliteClientError(message, INVALID)
 
 
-def _path_not_unique(name: str) -> bool:
-    norm = posixpath.normpath(name)
-    return norm != name or norm == "." or norm.startswith(("..", "/"))
-
-
 def _invalid_value(path: str, value: Any, message: str) -> str:
     shown = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return f"Invalid value {shown} for parameter '{path}' supplied: {message}"
@@ -174,7 +168,7 @@ def _model_name(name: str) -> None:
         )
     if "/" in name or ":" in name:
         raise _invalid(f"Invalid model name '{name}'. Names cannot contain '/' or ':'.")
-    if _path_not_unique(name):
+    if resolves_elsewhere(name):
         raise _invalid(_invalid_value("name", name, _bad_path(name)))
 
 
@@ -203,7 +197,7 @@ def _tag(key: str, value: Any, max_value: int) -> tuple[str, str]:
     """MLflow's tag rules (_validate_tag_name, length limits); the value as str(value)."""
     if key is None:
         raise _invalid("Missing value for required parameter 'key'.")
-    if not _KEY.match(key):
+    if not KEY_PATTERN.match(key):
         raise _invalid(
             _invalid_value(
                 "key",
@@ -212,7 +206,7 @@ def _tag(key: str, value: Any, max_value: int) -> tuple[str, str]:
                 " spaces ( ), colon(:) and slashes (/).",
             )
         )
-    if _path_not_unique(key):
+    if resolves_elsewhere(key):
         raise _invalid(_invalid_value("key", key, _bad_path(key)))
     if value is None:
         raise _invalid("Tag value cannot be None")

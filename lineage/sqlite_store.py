@@ -9,9 +9,9 @@ SqlAlchemyStore writes for `create_run`, `log_batch`, `log_inputs` and `set_term
 Used only on a store MLflow has already built: `DirectStore.open` answers None when the file is
 missing, when its `alembic_version` is not the head revision of the installed MLflow's
 migrations (a new, older or newer schema: MLflow's own client then creates or refuses it, as
-before), or when the pipeline's experiment does not exist yet. Anything else (the model, the
-registry, searches) stays with MLflow's client. tests/test_sqlite_store.py holds the two
-writers to the same result, read back through MLflow.
+before), or when the pipeline's experiment does not exist yet. The model registry, searches
+and artifacts are lineage.sqlite_client's, on the same connection. tests/test_sqlite_store.py
+holds the two writers to the same result, read back through MLflow.
 
 A new store is a copy of a pristine one (`create_store`): MLflow builds an empty store once
 per (MLflow version, schema head) in the user's cache folder, 68 alembic migrations and its
@@ -39,7 +39,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 # What MLflow's validation allows in a param, metric or tag key (mlflow.utils.validation).
-_KEY = re.compile(r"^[/\w.\- :]*$")
+KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")
 _MAX_KEY, _MAX_PARAM_VALUE, _MAX_TAG_VALUE = 250, 6000, 8000
 _RUN_NAME_TAG = "mlflow.runName"
 # MLflow stores +-inf as the largest finite double, NaN as 0 with is_nan set.
@@ -161,11 +161,16 @@ def create_store(path: Path, experiment: str, artifact_location: str) -> bool:
         Path(temporary).unlink(missing_ok=True)
 
 
+def resolves_elsewhere(name: str) -> bool:
+    """MLflow's path check of a name (mlflow.utils.validation.path_not_unique): names may be
+    treated as files, so one that would resolve to another name is refused."""
+    normal = posixpath.normpath(name)
+    return normal != name or normal == "." or normal.startswith(("..", "/"))
+
+
 def _key(key: str) -> str:
     """MLflow's key rules (mlflow.utils.validation), so a key it refuses is refused here."""
-    normal = posixpath.normpath(key)
-    unique = normal == key and normal != "." and not normal.startswith(("..", "/"))
-    if len(key) > _MAX_KEY or not _KEY.match(key) or not unique:
+    if len(key) > _MAX_KEY or not KEY_PATTERN.match(key) or resolves_elsewhere(key):
         raise ValueError(f"invalid MLflow key {key!r}: names may be treated as files")
     return key
 
