@@ -192,6 +192,8 @@ def pipeline(
         original_params = (repo / PARAMS_FILE).read_bytes()
         lock_file = repo / record.LOCK_FILE
         original_lock = lock_file.read_bytes() if lock_file.is_file() else None
+        # The outputs DVC leaves to git (metrics, plots): no cache to check them out from.
+        original_outputs = _snapshot(repo) if experiment else {}
         outcomes = []
         saved = None
         reader = None
@@ -241,7 +243,14 @@ def pipeline(
         except BaseException:
             stopped = repro.stop_all(repo)  # before params.yaml changes under a running stage
             if experiment:
-                _put_back(repo, original_params, original_lock, stopped)
+                _put_back(
+                    repo,
+                    original_params,
+                    original_lock,
+                    original_outputs,
+                    stopped=stopped,
+                    logger=get_run_logger(),
+                )
             raise
     summary = report.publish(repo, outcomes, run_id, saved, reader)
     return {
@@ -283,17 +292,46 @@ def _forced(reingest: list[str] | None, planned: list[repro.PlannedStage]) -> se
     return forced
 
 
-def _put_back(repo: Path, params: bytes, lock: bytes | None, stopped: int) -> None:
+def _snapshot(repo: Path) -> dict[str, bytes | None]:
+    """The bytes of every output DVC leaves to git (None: absent), to put back."""
+    return {
+        path: (repo / path).read_bytes() if (repo / path).is_file() else None
+        for path in experiments.git_tracked_outputs(repo)
+    }
+
+
+def _put_back(
+    repo: Path,
+    params: bytes,
+    lock: bytes | None,
+    outputs: dict[str, bytes | None],
+    *,
+    stopped: int,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> None:
     """A failed or interrupted experiment leaves the workspace as it found it: params.yaml,
-    and when stages of it had finished, dvc.lock and its outputs (from the cache), so
-    `dvc status` matches what is there."""
-    logger = get_run_logger()
+    dvc.lock, its outputs from the cache and the git-tracked ones (metrics, plots) as they
+    were, so `dvc status` matches what is there. The outputs are checked out even when
+    dvc.lock is unchanged: a stage stopped after moving its outputs into place but before
+    DVC recorded them leaves files dvc.lock does not name."""
     params_file, lock_file = repo / PARAMS_FILE, repo / record.LOCK_FILE
     if params_file.read_bytes() != params:
         params_file.write_bytes(params)
         after = f" after stopping {stopped} running stage(s)" if stopped else ""
         logger.warning("run failed: params.yaml put back%s", after)
-    if lock is not None and lock_file.read_bytes() != lock:
+    if lock is None:
+        return
+    changed = lock_file.read_bytes() != lock
+    if changed:
         lock_file.write_bytes(lock)
-        checkout = experiments.checkout_outputs(repo)
+    checkout = experiments.checkout_outputs(repo)
+    for path, content in outputs.items():
+        target = repo / path
+        if content is None:
+            target.unlink(missing_ok=True)
+        elif not target.is_file() or target.read_bytes() != content:
+            target.write_bytes(content)
+    if changed or checkout:
         logger.warning("run failed: dvc.lock and its outputs put back%s", checkout)
+    else:
+        logger.info("run failed: outputs checked out as dvc.lock records them")
