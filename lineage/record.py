@@ -75,6 +75,14 @@ CONNECT_ATTEMPTS = 3
 HEALTH_TIMEOUT_SECONDS = 3.0
 
 
+def apply_client_defaults() -> None:
+    """The MLflow settings of this project's processes (a user's own setting wins): bounded
+    retries and timeouts, no pickles, no uv files beside a logged model. Applied wherever an
+    MLflow client or a model folder is made, MLflow's own or lineage.pyfunc_folder's."""
+    for key, value in _CLIENT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store did not answer: a transient failure, worth a retry."""
 
@@ -273,8 +281,7 @@ def connect(uri: str | None = None, create: bool = True) -> Any:
     path = sqlite_path(uri)
     if not create and path is not None and not path.is_file():
         raise TrackingStoreError(f"no MLflow store at {path}: has the pipeline run here?")
-    for key, value in _CLIENT_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_client_defaults()
     # MLflow logs a store error with its whole traceback before raising it; the caller
     # reports it in one line (TrackingStoreError, or the stage's CANNOT WRITE / TRANSIENT).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)

@@ -328,12 +328,17 @@ def read_json(path: Path | str) -> Any:
 
 
 def process_identity(pid: int) -> str | None:
-    """`<pid>-<start time>`: names a process uniquely across pid reuse; None if it is gone."""
+    """`<pid>-<start time>`: names a process uniquely across pid reuse; None if it is gone,
+    a zombie included (it has exited: only its exit status waits for its parent, which for
+    an orphan is an init that may take its time)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return f"{pid}-{stat[stat.rindex(')') + 2 :].split()[19]}"
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # zombie, dead
+        return None
+    return f"{pid}-{fields[19]}"
 
 
 class StagedOutputs:

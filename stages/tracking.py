@@ -432,6 +432,7 @@ class StageRun:
                 "pip_requirements": MODEL_REQUIREMENTS,
                 "input_example": spec["example"],
             }
+            record.apply_client_defaults()  # the same folder with either writer: no uv files
             try:
                 save_pyfunc_folder(saved, signature=spec["signature"], **arguments)
             except NotMirroredError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from stages.common import (
     file_md5,
     load_params,
     parse_section,
+    process_identity,
     read_json,
     stage_item,
     validate_params_text,
@@ -253,3 +255,24 @@ def test_a_failed_stage_puts_back_its_last_good_outputs_from_the_dvc_cache(tmp_p
     (root / "models" / "model.json").write_bytes(b"newer")
     assert put_back_outputs("train", root) == []
     assert put_back_outputs("evaluate", root) == []
+
+
+def test_a_zombie_has_no_process_identity():
+    """A process that has exited but not been reaped is gone: a killed stage reparented to an
+    init that reaps late must not look alive (reconcile_orphans, staging folders, locks)."""
+    import subprocess
+    import time
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert process_identity(child.pid) is not None
+        child.kill()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(")")[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not become a zombie"
+            time.sleep(0.01)
+        assert process_identity(child.pid) is None  # exited, not yet reaped
+    finally:
+        child.kill()
+        child.wait()
+    assert process_identity(child.pid) is None

@@ -146,6 +146,21 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
     assert "validation.rmse" in stages["train"].data.metrics  # evaluate reported to the model run
     artifacts = {a.path for a in client.list_artifacts(stages["train"].info.run_id, "plots")}
     assert "plots/predicted_vs_actual.png" in artifacts
+    model_files = {a.path for a in client.list_artifacts(stages["train"].info.run_id, "model")}
+    assert model_files == {
+        f"model/{name}"
+        for name in (
+            "MLmodel",
+            "artifacts",
+            "code",
+            "conda.yaml",
+            "input_example.json",
+            "pyfunc_model.py",
+            "python_env.yaml",
+            "requirements.txt",
+            "serving_input_example.json",
+        )
+    }  # no uv.lock or pyproject.toml: record.apply_client_defaults
     version1 = client.get_model_version(MODEL, "1")
     assert version1.run_id == stages["train"].info.run_id
     assert version1.tags["model_md5"] == lock["models/model.json"]

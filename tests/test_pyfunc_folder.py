@@ -72,8 +72,11 @@ def mlflow_save(path: Path, args: dict) -> None:
 def test_same_folder_as_mlflow_save_model(cwd, inputs, tmp_path, monkeypatch):
     import mlflow
 
-    # In the project (uv.lock and pyproject.toml beside it) as train runs, MLflow copies the uv
-    # files into the model; elsewhere it does not. The encoders path relative, as train has it.
+    # In the project (uv.lock and pyproject.toml beside it) MLflow copies the uv files into
+    # the model unless told not to (train tells it: record.apply_client_defaults); elsewhere
+    # it does not. The encoders path relative, as train has it.
+    monkeypatch.delenv("MLFLOW_UV_AUTO_DETECT", raising=False)
+    monkeypatch.delenv("MLFLOW_LOG_UV_FILES", raising=False)
     if cwd == "project":
         monkeypatch.chdir(ROOT)
         encoders = str(inputs["root"] / "features" / "encoders.json")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lineage.record import locked_outputs, read_lock
+from stages import request
 from stages.common import file_md5
 from tests.conftest import run
 
@@ -89,6 +90,15 @@ def strays(repo: Path) -> list[str]:
 def test_faults_around_the_record_leave_files_registry_and_lock_in_step(built: Path):
     repo = built
     assert_registry_agrees_with_files(repo)
+    # The model folder the embedded store's train wrote without MLflow: MLflow loads it, and
+    # it holds no uv files (record.apply_client_defaults, as when MLflow writes it).
+    import mlflow
+
+    newest = max(versions(repo).values(), key=lambda v: int(v.version))
+    folder = Path(newest.source.removeprefix("file://"))
+    assert not (folder / "uv.lock").exists() and (folder / "MLmodel").is_file()
+    loaded = mlflow.pyfunc.load_model(str(folder))
+    assert loaded.metadata.signature.to_dict() == request.signature_dict()
 
     # SIGKILL of train right after the version was created (before the run finished and
     # before DVC wrote dvc.lock): the next repro removes the orphan and trains again.
