@@ -221,3 +221,32 @@ def test_a_full_disk_is_one_line_naming_where(project: Path):
     assert "CANNOT WRITE in stage ingest_zones" in proc.stderr
     assert "No space left on device" in proc.stderr and str(staging) in proc.stderr
     assert not (project / "data" / "raw" / "taxi_zone_lookup.csv").exists()
+
+
+def test_train_and_evaluate_record_without_importing_mlflow(built: Path):
+    """On the embedded store no stage process imports MLflow (1.5-2 s each): train logs and
+    registers its model, evaluate searches, tags and moves aliases, all through
+    lineage.sqlite_client and lineage.pyfunc_folder."""
+    repo = built
+    count = len(versions(repo))
+    set_alpha(repo, 0.3)
+    proc = subprocess.run(
+        ["dvc", "repro"],
+        cwd=repo,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Running stage 'train'" in proc.stdout and "Running stage 'evaluate'" in proc.stdout
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+    # The stages' own lines are there (modules only train and evaluate import).
+    assert {"registry.champion", "stages.plot_images", "lineage.pyfunc_folder"} <= imported
+    assert not {name for name in imported if name.split(".")[0] == "mlflow"}
+    assert len(versions(repo)) == count + 1
+    assert_registry_agrees_with_files(repo)
