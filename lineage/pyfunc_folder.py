@@ -40,6 +40,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lineage.sqlite_store import mlflow_package_dir
+
 # The MLflow release whose save_model this module reproduces; another one is refused.
 MIRRORED_MLFLOW = "3.17.2"
 # Top-level names in the folder (mlflow.models.utils, mlflow.utils.environment).
@@ -93,10 +95,10 @@ class NotMirroredError(Exception):
 def mlflow_version() -> str:
     """mlflow.version.VERSION, read from the installed mlflow/version.py without importing
     mlflow (its __init__ is the cost being avoided)."""
-    spec = importlib.util.find_spec("mlflow")
-    if spec is None or not spec.submodule_search_locations:
+    package = mlflow_package_dir()
+    if package is None:
         raise NotMirroredError("mlflow is not installed")
-    source = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    source = package / "version.py"
     for node in ast.parse(source.read_text()).body:
         if (
             isinstance(node, ast.Assign)

@@ -77,8 +77,9 @@ HEALTH_TIMEOUT_SECONDS = 3.0
 
 def apply_client_defaults() -> None:
     """The MLflow settings of this project's processes (a user's own setting wins): bounded
-    retries and timeouts, no pickles, no uv files beside a logged model. Applied wherever an
-    MLflow client or a model folder is made, MLflow's own or lineage.pyfunc_folder's."""
+    retries and timeouts, no pickles, no uv files beside a logged model. Applied by `connect`
+    and by every stage run (stages.tracking.stage_run), so a model folder written without
+    MLflow (lineage.pyfunc_folder) follows them as MLflow's own writer would."""
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
 

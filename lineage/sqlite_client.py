@@ -24,7 +24,6 @@ message (not a subclass of MlflowException: that would import MLflow).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import math
 import os
@@ -34,17 +33,23 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage.sqlite_store import KEY_PATTERN, DirectStore, resolves_elsewhere
+from lineage.sqlite_store import (
+    KEY_PATTERN,
+    MAX_TAG_VALUE,
+    RUN_NAME_TAG,
+    WORKSPACE,
+    DirectStore,
+    resolves_elsewhere,
+)
 
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 ACTIVE_ONLY = 1  # mlflow.entities.ViewType.ACTIVE_ONLY
 INVALID = "INVALID_PARAMETER_VALUE"
-_WORKSPACE = "default"
 # MLflow's constants (mlflow/store/..., mlflow/utils/validation.py, mlflow/prompt/constants.py).
 _SEARCH_RUNS_DEFAULT, _SEARCH_RUNS_MAX = 1000, 50000
 _SEARCH_VERSIONS_DEFAULT, _SEARCH_VERSIONS_MAX = 10000, 200000
@@ -52,7 +57,6 @@ _STAGE_NONE, _STAGE_DELETED = "None", "Deleted_Internal"
 _RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 _IS_PROMPT_TAG = "mlflow.prompt.is_prompt"
 _MAX_REGISTRY_TAG_KEY, _MAX_REGISTRY_TAG_VALUE, _MAX_ALIAS = 250, 100_000, 255
-_MAX_RUN_TAG_VALUE = 8000
 _ALIAS = re.compile(r"^[\w\-]*$")
 _VERSION_ALIAS = re.compile(r"^[vV]\d+$")
 _MLMODEL = "MLmodel"
@@ -311,14 +315,15 @@ def _relative(path: str | None) -> str:
     return "" if normal == "." else normal
 
 
-def _copy_file(source: Path, target: Path) -> None:
-    """A file in place whole (written beside it, renamed), its mode and times kept as
-    MLflow's copystat keeps them."""
+def _copy_file(source: Path, target: Path, keep_stat: bool = True) -> None:
+    """A file in place whole (written beside it, renamed); `keep_stat`: its mode and times
+    kept, as MLflow's copy2 of one file keeps them (its copytree of a folder does not)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         shutil.copyfile(source, temporary)
-        shutil.copystat(source, temporary)
+        if keep_stat:
+            shutil.copystat(source, temporary)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
@@ -329,7 +334,8 @@ def _copy_file(source: Path, target: Path) -> None:
 
 class SqliteClient:
     """MlflowClient's calls of the train and evaluate stages on a DirectStore (module
-    docstring). Every write is one transaction (DirectStore._write: BEGIN IMMEDIATE)."""
+    docstring). Every write is one DirectStore.transaction: the existence checks made inside
+    it and the write see the same rows."""
 
     def __init__(self, store: DirectStore):
         self.store = store
@@ -364,7 +370,7 @@ class SqliteClient:
         )
         refuse |= bool(
             db.execute(
-                "select 1 from registered_models where workspace != ? limit 1", (_WORKSPACE,)
+                "select 1 from registered_models where workspace != ? limit 1", (WORKSPACE,)
             ).fetchone()
         )
         for (location,) in db.execute(
@@ -378,18 +384,6 @@ class SqliteClient:
 
     def close(self) -> None:
         self.store.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction, BEGIN IMMEDIATE as DirectStore._write: the existence checks
-        made inside it and the write see the same rows, no other writer between them."""
-        self.connection.execute("begin immediate")
-        try:
-            yield
-        except BaseException:
-            self.connection.execute("rollback")
-            raise
-        self.connection.execute("commit")
 
     def _execute(self, statements: Iterable[tuple[str, tuple]]) -> None:
         for sql, values in statements:
@@ -497,18 +491,18 @@ class SqliteClient:
             "limit ? offset ?"
         )
         rows = self.connection.execute(
-            sql, (_WORKSPACE, *ids, *values, max_results + 1, offset)
+            sql, (WORKSPACE, *ids, *values, max_results + 1, offset)
         ).fetchall()
         token = _page_token(offset + max_results) if len(rows) > max_results else None
         return PagedList([self.get_run(r[0]) for r in rows[:max_results]], token)
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
         """A run tag, overwritten; `mlflow.runName` also renames the run, as MLflow does."""
-        with self._transaction():
+        with self.store.transaction():
             self._active_run(run_id)
-            key, value = _tag(key, value, _MAX_RUN_TAG_VALUE)
+            key, value = _tag(key, value, MAX_TAG_VALUE)
             statements = self.store._tag_rows(run_id, {key: value})
-            if key == "mlflow.runName":
+            if key == RUN_NAME_TAG:
                 statements.append(("update runs set name = ? where run_uuid = ?", (value, run_id)))
             self._execute(statements)
 
@@ -518,7 +512,7 @@ class SqliteClient:
         if status not in _RUN_STATUSES:
             raise _invalid(f"Invalid run status: {status}")
         end = int(time.time() * 1000) if end_time is None else int(end_time)
-        with self._transaction():
+        with self.store.transaction():
             self._active_run(run_id)
             self.connection.execute(
                 "update runs set status = ?, end_time = ? where run_uuid = ?", (status, end, run_id)
@@ -547,13 +541,7 @@ class SqliteClient:
             for name in dirs:
                 (root / relative / name).mkdir(exist_ok=True)
             for name in files:
-                target = root / relative / name
-                temporary = target.with_name(f".{name}.{os.getpid()}.tmp")
-                try:
-                    shutil.copyfile(Path(folder) / name, temporary)
-                    os.replace(temporary, target)
-                finally:
-                    temporary.unlink(missing_ok=True)
+                _copy_file(Path(folder) / name, root / relative / name, keep_stat=False)
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:
         """The artifact (file or folder) copied into `dst_path` (made if missing) under its
@@ -587,7 +575,7 @@ class SqliteClient:
         row = self._one(
             "select name, creation_time, last_updated_time, description from registered_models "
             "where workspace = ? and name = ?",
-            (_WORKSPACE, name),
+            (WORKSPACE, name),
         )
         if row is None:
             raise SqliteClientError(f"Registered Model with name={name} not found", NOT_FOUND)
@@ -599,7 +587,7 @@ class SqliteClient:
         tags = dict(
             db.execute(
                 "select key, value from registered_model_tags where workspace = ? and name = ?",
-                (_WORKSPACE, name),
+                (WORKSPACE, name),
             )
         )
         return RegisteredModel(*row, tags, self._aliases(name))
@@ -609,7 +597,7 @@ class SqliteClient:
             self.connection.execute(
                 "select alias, version from registered_model_aliases where workspace = ? and "
                 "name = ? order by alias",
-                (_WORKSPACE, name),
+                (WORKSPACE, name),
             )
         )
 
@@ -624,7 +612,7 @@ class SqliteClient:
             self.connection.execute(
                 "select key, value from model_version_tags where workspace = ? and name = ? and "
                 "version = ?",
-                (_WORKSPACE, name, number),
+                (WORKSPACE, name, number),
             )
         )
         version = ModelVersion(*row, tags=tags)
@@ -636,7 +624,7 @@ class SqliteClient:
         row = self._one(
             f"select {self._VERSION_COLUMNS} from model_versions where workspace = ? and "
             "name = ? and version = ? and current_stage != ?",
-            (_WORKSPACE, name, version, _STAGE_DELETED),
+            (WORKSPACE, name, version, _STAGE_DELETED),
         )
         if row is None:
             raise SqliteClientError(
@@ -657,7 +645,7 @@ class SqliteClient:
             row = self._one(
                 f"select {self._VERSION_COLUMNS} from model_versions where workspace = ? and "
                 "name = ? and current_stage != ? order by version desc limit 1",
-                (_WORKSPACE, name, _STAGE_DELETED),
+                (WORKSPACE, name, _STAGE_DELETED),
             )
             if row is None:
                 raise SqliteClientError(f"Latest version not found for model {name}.", NOT_FOUND)
@@ -689,7 +677,7 @@ class SqliteClient:
                 "Invalid value for request parameter max_results. It must be at most "
                 f"{_SEARCH_VERSIONS_MAX}, but got value {max_results}"
             )
-        where, values = ["v.workspace = ?", "v.current_stage != ?"], [_WORKSPACE, _STAGE_DELETED]
+        where, values = ["v.workspace = ?", "v.current_stage != ?"], [WORKSPACE, _STAGE_DELETED]
         for key, value in _clauses(filter_string):
             prefix, name = _split_key(key)
             if key in ("name", "run_id"):
@@ -727,7 +715,7 @@ class SqliteClient:
         _model_name(name)
         _alias_name(alias)
         number = _version_number(version)
-        with self._transaction():
+        with self.store.transaction():
             self._model_row(name)
             if alias.lower() == "latest":
                 raise _invalid("'latest' alias name (case insensitive) is reserved.")
@@ -738,18 +726,18 @@ class SqliteClient:
                 "insert into registered_model_aliases (alias, version, name, workspace) "
                 "values (?, ?, ?, ?) on conflict (workspace, name, alias) do update set "
                 "version = excluded.version",
-                (alias, number, name, _WORKSPACE),
+                (alias, number, name, WORKSPACE),
             )
 
     def delete_registered_model_alias(self, name: str, alias: str) -> None:
         _model_name(name)
         _alias_name(alias)
-        with self._transaction():
+        with self.store.transaction():
             self._model_row(name)
             self.connection.execute(
                 "delete from registered_model_aliases where workspace = ? and name = ? and "
                 "alias = ?",
-                (_WORKSPACE, name, alias),
+                (WORKSPACE, name, alias),
             )
 
     def set_model_version_tag(
@@ -758,7 +746,7 @@ class SqliteClient:
         """The tag's value as `str(value)`, as MLflow's client stores it (None is "None")."""
         if not version:
             raise _invalid("version or stage must be set")
-        with self._transaction():
+        with self.store.transaction():
             self._model_row(name)
             number = _version_number(version)
             key, value = _tag(key, str(value), _MAX_REGISTRY_TAG_VALUE)
@@ -767,25 +755,25 @@ class SqliteClient:
                 "insert into model_version_tags (key, value, name, version, workspace) "
                 "values (?, ?, ?, ?, ?) on conflict (workspace, key, name, version) do "
                 "update set value = excluded.value",
-                (key, value, name, number, _WORKSPACE),
+                (key, value, name, number, WORKSPACE),
             )
 
     def delete_model_version(self, name: str, version: str | int) -> None:
         """MLflow keeps a deleted version's row (so its number is never reused) in stage
         `Deleted_Internal`, its source, run id and link redacted, its tags kept; the
         aliases naming it are deleted."""
-        with self._transaction():
+        with self.store.transaction():
             self._model_row(name)
             number = _version_number(version)
             self._version_row(name, number)
             now = int(time.time() * 1000)
-            key = (_WORKSPACE, name, number)
+            key = (WORKSPACE, name, number)
             self._execute(
                 [
                     (
                         "update registered_models set last_updated_time = ? where workspace = ? "
                         "and name = ?",
-                        (now, _WORKSPACE, name),
+                        (now, WORKSPACE, name),
                     ),
                     (
                         "delete from registered_model_aliases where workspace = ? and name = ? "
@@ -835,20 +823,20 @@ class SqliteClient:
             )
         source = _append_to_uri_path(run.info.artifact_uri, artifact_path)
         now = int(time.time() * 1000)
-        with self._transaction():
+        with self.store.transaction():
             self.connection.execute(
                 "insert into registered_models (name, creation_time, last_updated_time, "
                 "description, workspace) values (?, ?, ?, NULL, ?) on conflict do nothing",
-                (name, now, now, _WORKSPACE),
+                (name, now, now, WORKSPACE),
             )
             self.connection.execute(
                 "update registered_models set last_updated_time = ? where workspace = ? and "
                 "name = ?",
-                (now, _WORKSPACE, name),
+                (now, WORKSPACE, name),
             )
             (highest,) = self.connection.execute(
                 "select max(version) from model_versions where workspace = ? and name = ?",
-                (_WORKSPACE, name),
+                (WORKSPACE, name),
             ).fetchone()
             number = (highest or 0) + 1
             self.connection.execute(
@@ -856,12 +844,12 @@ class SqliteClient:
                 "description, user_id, current_stage, source, run_id, status, status_message, "
                 "run_link, storage_location, workspace) values "
                 "(?, ?, ?, ?, NULL, NULL, ?, ?, ?, 'READY', NULL, NULL, ?, ?)",
-                (name, number, now, now, _STAGE_NONE, source, run_id, source, _WORKSPACE),
+                (name, number, now, now, _STAGE_NONE, source, run_id, source, WORKSPACE),
             )
             for key, value in dict(version_tags).items():
                 self.connection.execute(
                     "insert into model_version_tags (key, value, name, version, workspace) "
                     "values (?, ?, ?, ?, ?)",
-                    (key, value, name, number, _WORKSPACE),
+                    (key, value, name, number, WORKSPACE),
                 )
         return self.get_model_version(name, number)

@@ -35,26 +35,35 @@ import sqlite3
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 # What MLflow's validation allows in a param, metric or tag key (mlflow.utils.validation).
 KEY_PATTERN = re.compile(r"^[/\w.\- :]*$")
-_MAX_KEY, _MAX_PARAM_VALUE, _MAX_TAG_VALUE = 250, 6000, 8000
-_RUN_NAME_TAG = "mlflow.runName"
+_MAX_KEY, _MAX_PARAM_VALUE, MAX_TAG_VALUE = 250, 6000, 8000
+RUN_NAME_TAG = "mlflow.runName"
 # MLflow stores +-inf as the largest finite double, NaN as 0 with is_nan set.
 _FLOAT_MAX = 1.7976931348623157e308
 # A writer waits this long for another process's transaction (SQLite allows one writer).
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
-def mlflow_head_revision() -> str | None:
-    """The alembic head of the installed MLflow's migrations, read from its files (no import):
-    the one revision no other revision names as its `down_revision`."""
+def mlflow_package_dir() -> Path | None:
+    """The installed `mlflow` package's folder, found without importing it (its __init__ is
+    the 1.5-2 s this module avoids); None when MLflow is not installed."""
     spec = importlib.util.find_spec("mlflow")
     if spec is None or not spec.submodule_search_locations:
         return None
-    versions = Path(next(iter(spec.submodule_search_locations))) / "store/db_migrations/versions"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def mlflow_head_revision() -> str | None:
+    """The alembic head of the installed MLflow's migrations, read from its files (no import):
+    the one revision no other revision names as its `down_revision`."""
+    package = mlflow_package_dir()
+    if package is None:
+        return None
+    versions = package / "store/db_migrations/versions"
     revisions, parents = set(), set()
     for script in versions.glob("*.py"):
         text = script.read_text()
@@ -72,7 +81,7 @@ def mlflow_head_revision() -> str | None:
 # version and schema head.
 CACHE_DIR_NAME = "taxi-duration-pipeline"
 DEFAULT_EXPERIMENT_ID = 0  # MLflow's Default experiment, in every store it builds
-_WORKSPACE = "default"
+WORKSPACE = "default"  # the only one the pipeline writes (MLflow 3's workspaces)
 
 
 def template_dir() -> Path:
@@ -149,7 +158,7 @@ def create_store(path: Path, experiment: str, artifact_location: str) -> bool:
             db.execute(
                 "insert into experiments (name, artifact_location, lifecycle_stage, "
                 "creation_time, last_update_time, workspace) values (?, ?, 'active', ?, ?, ?)",
-                (experiment, artifact_location, now, now, _WORKSPACE),
+                (experiment, artifact_location, now, now, WORKSPACE),
             )
             db.execute("commit")
         try:
@@ -221,21 +230,28 @@ class DirectStore:
     def close(self) -> None:
         self.connection.close()
 
-    def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
-        """All statements in one transaction (BEGIN IMMEDIATE: the write lock first)."""
-        cursor = self.connection.cursor()
-        cursor.execute("begin immediate")
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction, BEGIN IMMEDIATE (the write lock first): the reads made inside
+        it and the writes see the same rows, no other writer between them; rolled back on any
+        exception."""
+        self.connection.execute("begin immediate")
         try:
-            for sql, values in statements:
-                cursor.execute(sql, values)
+            yield
         except BaseException:
-            cursor.execute("rollback")
+            self.connection.execute("rollback")
             raise
-        cursor.execute("commit")
+        self.connection.execute("commit")
+
+    def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
+        """All statements in one transaction."""
+        with self.transaction():
+            for sql, values in statements:
+                self.connection.execute(sql, values)
 
     def create_run(self, tags: Mapping[str, str], run_name: str) -> str:
         run_id = uuid.uuid4().hex
-        tags = {_RUN_NAME_TAG: run_name, **tags}
+        tags = {RUN_NAME_TAG: run_name, **tags}
         statements = [
             (
                 "insert into runs (run_uuid, name, source_type, source_name, entry_point_name, "
@@ -259,8 +275,8 @@ class DirectStore:
     def _tag_rows(self, run_id: str, tags: Mapping[str, str]) -> list[tuple[str, tuple]]:
         rows = []
         for key, value in tags.items():
-            if len(str(value)) > _MAX_TAG_VALUE:
-                raise ValueError(f"tag {key!r}: value longer than {_MAX_TAG_VALUE} characters")
+            if len(str(value)) > MAX_TAG_VALUE:
+                raise ValueError(f"tag {key!r}: value longer than {MAX_TAG_VALUE} characters")
             rows.append(
                 (
                     "insert into tags (key, value, run_uuid) values (?, ?, ?) "

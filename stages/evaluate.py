@@ -128,13 +128,13 @@ def main(argv: list[str] | None) -> None:
             for name, table in plot_tables(split, features, predicted, params["evaluate"]).items():
                 parts.setdefault(name, []).append(table)
         tables = {name: pd.concat(p, ignore_index=True) for name, p in parts.items()}
+        plot_files = {name: run.output(args.plots.format(name=name)) for name in tables}
         for name, table in tables.items():
-            table.to_csv(run.output(args.plots.format(name=name)), index=False)
+            table.to_csv(plot_files[name], index=False)
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as png_dir:
-            staged = {name: run.output(args.plots.format(name=name)) for name in tables}
-            pngs = images.render(staged, Path(png_dir))
+            pngs = images.render(plot_files, Path(png_dir))
             model_run = run.producer_of(args.model)
             run.report_to(model_run, pngs, "plots", version_metrics=metrics)
         registered = run.model_version_of(model_run)

@@ -432,7 +432,6 @@ class StageRun:
                 "pip_requirements": MODEL_REQUIREMENTS,
                 "input_example": spec["example"],
             }
-            record.apply_client_defaults()  # the same folder with either writer: no uv files
             try:
                 save_pyfunc_folder(saved, signature=spec["signature"], **arguments)
             except NotMirroredError as exc:
@@ -550,6 +549,9 @@ def stage_run(
     client included; `mlflow_client_seconds`: what opening the client took, in its thread.
     """
     started = time.perf_counter()
+    # The project's MLflow settings, whichever writer and client the stage ends up with (a
+    # model folder written without MLflow follows them as MLflow's own would: no uv files).
+    record.apply_client_defaults()
     stage = os.environ.get(STAGE_ENV, stage)  # DVC's own address of the stage, when under DVC
     uri = record.tracking_uri()
     tags = {

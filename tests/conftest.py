@@ -37,6 +37,18 @@ def clean_month(mirror: Path, month: str):
     return clean_trips(trips, month, project_section("prepare"))[0]
 
 
+def encoded_months(mirror: Path, *months: str) -> tuple[dict, list]:
+    """The features stage on real months of `mirror`: encoders fitted on the first month
+    (the project's features params), and every month encoded with them."""
+    from stages.encoding import encode
+    from stages.features import fit_encoders, read_zones
+
+    clean = [clean_month(mirror, month) for month in months]
+    zones = read_zones(mirror / "taxi_zone_lookup.csv")
+    encoders = fit_encoders(clean[0], zones, project_section("features"), max_distance_miles=100)
+    return encoders, [encode(month, encoders) for month in clean]
+
+
 def kept_rows(mirror: Path, month: str) -> np.ndarray:
     """Which raw trips of a month of `mirror` prepare keeps (a boolean mask in file order):
     the raw rows whose cleaned twins are clean_month's, in the same order."""

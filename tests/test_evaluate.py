@@ -11,10 +11,8 @@ import pytest
 from stages import model as models
 from stages import plot_images
 from stages.common import parse_section
-from stages.encoding import encode
 from stages.evaluate import distance_buckets, plot_tables
-from stages.features import fit_encoders, read_zones
-from tests.conftest import PROJECT_PARAMS, clean_month, project_section
+from tests.conftest import PROJECT_PARAMS, clean_month, encoded_months, project_section
 
 
 def test_distance_buckets_are_labelled_as_pandas_prints_them_in_distance_order(shared_tlc: Path):
@@ -39,12 +37,7 @@ def test_plot_tables_list_distance_buckets_by_distance(tables: dict[str, Path]):
 @pytest.fixture(scope="module")
 def tables(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """evaluate's plot tables of a ridge model fitted on a real month, as CSV files."""
-    clean = {month: clean_month(small_tlc, month) for month in ("2025-01", "2025-02")}
-    zones = read_zones(small_tlc / "taxi_zone_lookup.csv")
-    encoders = fit_encoders(
-        clean["2025-01"], zones, project_section("features"), max_distance_miles=100
-    )
-    train, validation = encode(clean["2025-01"], encoders), encode(clean["2025-02"], encoders)
+    encoders, (train, validation) = encoded_months(small_tlc, "2025-01", "2025-02")
     model = models.fit(
         train, encoders, parse_section("model", PROJECT_PARAMS["model"]), seed=42, threads=1
     )

@@ -10,9 +10,7 @@ import pytest
 
 from stages import model as m
 from stages.common import BadInputError, parse_section
-from stages.encoding import encode
-from stages.features import fit_encoders, read_zones
-from tests.conftest import PROJECT_PARAMS, clean_month, project_section
+from tests.conftest import PROJECT_PARAMS, encoded_months
 
 
 def model_params(**changes):
@@ -24,12 +22,8 @@ def model_params(**changes):
 
 @pytest.fixture(scope="module")
 def data(small_tlc: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    clean = {month: clean_month(small_tlc, month) for month in ("2025-01", "2025-02")}
-    zones = read_zones(small_tlc / "taxi_zone_lookup.csv")
-    encoders = fit_encoders(
-        clean["2025-01"], zones, project_section("features"), max_distance_miles=100
-    )
-    return encode(clean["2025-01"], encoders), encode(clean["2025-02"], encoders), encoders
+    encoders, (train, validation) = encoded_months(small_tlc, "2025-01", "2025-02")
+    return train, validation, encoders
 
 
 def test_linear_design_shape_nnz_and_int32(data):
