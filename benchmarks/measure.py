@@ -90,7 +90,7 @@ def _ours_clean(raw: Path, month: str, params: dict) -> tuple[pd.DataFrame, int]
     from stages.prepare import clean_file
 
     clean, report = clean_file(raw, params["data"].colour, month, params["prepare"])
-    return clean, report["rows_in"]
+    return clean.to_pandas(), report["rows_in"]
 
 
 def ours_prepare(spec: dict, result: dict) -> None:

@@ -12,11 +12,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+
+if TYPE_CHECKING:  # imported where a fit needs it: scoring (evaluate, serving) never does
+    from scipy import sparse
 
 from stages.common import CHUNK_ROWS, BadInputError, ModelParams, XGBoostParams, atomic_path
 from stages.encoding import TARGET, encode
@@ -112,6 +114,8 @@ def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
     """The design as a CSR matrix (int32 indices; columns increasing within every row): what
     linear_moments and linear_predict compute with, without building it; the tests hold them
     to it."""
+    from scipy import sparse
+
     slots = design(features, encoders)
     n, n_cols = slots.shape
     per_row = len(slots.starts)
@@ -199,6 +203,8 @@ def linear_moments(
     add(row.ravel(), col.ravel(), numeric_gram.ravel(), symmetric=False)
     n_cols = int(starts[-1]) + n_numeric
     entries = (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols)))
+    from scipy import sparse
+
     gram = sparse.coo_matrix(entries, shape=(n_cols, n_cols)).tocsr()
     mean_x = np.concatenate([*counts, numeric_sum]) / n
     mean_y = y_sum / n

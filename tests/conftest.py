@@ -34,7 +34,7 @@ def clean_month(mirror: Path, month: str):
     from stages.prepare import clean_trips, read_trips
 
     trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
-    return clean_trips(trips, month, project_section("prepare"))[0]
+    return clean_trips(trips, month, project_section("prepare"))[0].to_pandas()
 
 
 def encoded_months(mirror: Path, *months: str) -> tuple[dict, list]:
@@ -52,14 +52,10 @@ def encoded_months(mirror: Path, *months: str) -> tuple[dict, list]:
 def kept_rows(mirror: Path, month: str) -> np.ndarray:
     """Which raw trips of a month of `mirror` prepare keeps (a boolean mask in file order):
     the raw rows whose cleaned twins are clean_month's, in the same order."""
-    from stages.prepare import drop_rules, read_trips
+    from stages.prepare import drop_rules, read_trips, trip_arrays
 
-    trips = read_trips(mirror / f"green_tripdata_{month}.parquet", "green")
-    trips = trips.assign(
-        duration_minutes=(trips["dropoff_datetime"] - trips["pickup_datetime"]).dt.total_seconds()
-        / 60
-    )
-    rejected = np.zeros(len(trips), dtype=bool)
+    trips = trip_arrays(read_trips(mirror / f"green_tripdata_{month}.parquet", "green"))
+    rejected = np.zeros(len(trips["duration_minutes"]), dtype=bool)
     for mask in drop_rules(trips, month, project_section("prepare")).values():
         rejected |= mask
     return ~rejected

@@ -276,3 +276,41 @@ def test_a_zombie_has_no_process_identity():
         child.kill()
         child.wait()
     assert process_identity(child.pid) is None
+
+
+STAGE_END = """
+import atexit, logging, sys, threading, time
+from pathlib import Path
+from stages.common import run_stage
+
+def main(argv):
+    atexit.register(lambda: Path(sys.argv[1]).write_text("atexit ran"))
+    logging.getLogger("stages").info("logged")
+    sys.stdout.write("no newline")
+    if sys.argv[2] == "thread":
+        threading.Thread(target=time.sleep, args=(0.3,)).start()
+
+run_stage("demo", main)
+sys.stdout.write(" | teardown")
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "thread"])
+def test_a_finished_stage_exits_without_teardown_but_with_its_exit_work(tmp_path, mode):
+    """run_stage ends a finished stage with os._exit, after the atexit handlers and the
+    buffered output; with a live thread left it exits the usual way (the thread is joined)."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "atexit"
+    done = subprocess.run(
+        [sys.executable, "-c", STAGE_END, str(marker), mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "demo INFO logged" in done.stderr
+    assert marker.read_text() == "atexit ran"
+    assert done.stdout == ("no newline | teardown" if mode == "thread" else "no newline")

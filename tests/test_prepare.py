@@ -4,34 +4,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from stages.common import BadInputError, PrepareParams
-from stages.prepare import CLEAN_COLUMNS, clean_file, clean_trips, read_trips
+from stages.prepare import CLEAN_COLUMNS, clean_file, clean_trips, duration_minutes, read_trips
 from tests.conftest import project_section
 
 PARAMS = project_section("prepare")
 
 
 @pytest.fixture(scope="module")
-def january(small_tlc: Path) -> pd.DataFrame:
+def trips(small_tlc: Path) -> pa.Table:
     return read_trips(small_tlc / "green_tripdata_2025-01.parquet", "green")
 
 
-def test_read_trips_uses_pipeline_names(january):
-    assert list(january.columns) == [
-        "pickup_datetime",
-        "dropoff_datetime",
-        "pickup_zone",
-        "dropoff_zone",
-        "trip_distance",
-    ]
+@pytest.fixture(scope="module")
+def january(trips: pa.Table) -> pd.DataFrame:
+    """The same trips in pandas, for the checks written independently of the stage."""
+    return trips.to_pandas()
+
+
+def test_read_trips_uses_pipeline_names(trips, january):
+    assert (
+        trips.column_names
+        == list(january.columns)
+        == [
+            "pickup_datetime",
+            "dropoff_datetime",
+            "pickup_zone",
+            "dropoff_zone",
+            "trip_distance",
+        ]
+    )
     assert len(january) > 3000
 
 
-def test_drop_counts_add_up_and_match_plain_pandas(january):
-    clean, report = clean_trips(january, "2025-01", PARAMS)
+def test_drop_counts_add_up_and_match_plain_pandas(trips, january):
+    clean, report = clean_trips(trips, "2025-01", PARAMS)
     dropped = report["dropped"]
     assert report["rows_in"] == len(january)
     assert report["rows_out"] == len(clean)
@@ -62,8 +74,8 @@ def test_drop_counts_add_up_and_match_plain_pandas(january):
     assert dropped["duration_out_of_range"] > 0 and dropped["distance_not_positive"] > 0
 
 
-def test_clean_output_is_within_the_rules(january):
-    clean, _ = clean_trips(january, "2025-01", PARAMS)
+def test_clean_output_is_within_the_rules(trips):
+    clean = clean_trips(trips, "2025-01", PARAMS)[0].to_pandas()
     assert list(clean.columns) == CLEAN_COLUMNS
     assert clean["duration_minutes"].between(1, 60).all()
     assert (clean["trip_distance"] > 0).all() and (clean["trip_distance"] <= 100).all()
@@ -72,16 +84,16 @@ def test_clean_output_is_within_the_rules(january):
     assert not clean.isna().any().any()
 
 
-def test_pickup_outside_month_on_the_real_january_quirk(january):
+def test_pickup_outside_month_on_the_real_january_quirk(trips, january):
     # The real January file holds trips picked up in December 2024 and February 2025.
     p = january["pickup_datetime"]
     stray = (p < "2025-01-01") | (p >= "2025-02-01")
     assert stray.sum() > 0
-    _, report = clean_trips(january, "2025-01", PARAMS)
+    _, report = clean_trips(trips, "2025-01", PARAMS)
     missing = january.isna().any(axis=1)
     assert report["dropped"]["pickup_outside_month"] == int((stray & ~missing).sum())
     # Read as February, nearly all of January falls outside the month instead.
-    _, as_feb = clean_trips(january, "2025-02", PARAMS)
+    _, as_feb = clean_trips(trips, "2025-02", PARAMS)
     assert as_feb["rows_out"] == int(((p >= "2025-02-01") & (p < "2025-03-01")).sum()) - int(
         (
             ((p >= "2025-02-01") & (p < "2025-03-01"))
@@ -95,23 +107,23 @@ def test_pickup_outside_month_on_the_real_january_quirk(january):
     )
 
 
-def test_duration_thresholds_change_the_count(january):
+def test_duration_thresholds_change_the_count(trips):
     narrow = PrepareParams(min_duration_minutes=5, max_duration_minutes=20, max_distance_miles=100)
-    _, wide_report = clean_trips(january, "2025-01", PARAMS)
-    _, narrow_report = clean_trips(january, "2025-01", narrow)
+    _, wide_report = clean_trips(trips, "2025-01", PARAMS)
+    _, narrow_report = clean_trips(trips, "2025-01", narrow)
     assert (
         narrow_report["dropped"]["duration_out_of_range"]
         > wide_report["dropped"]["duration_out_of_range"]
     )
 
 
-def test_month_where_every_trip_is_filtered_names_the_month(january):
+def test_month_where_every_trip_is_filtered_names_the_month(trips, january):
     # TLC distances are in hundredths of a mile: none is positive and at most 0.001.
     impossible = PrepareParams(
         min_duration_minutes=1, max_duration_minutes=60, max_distance_miles=0.001
     )
     with pytest.raises(BadInputError, match="month 2025-01: every one of") as info:
-        clean_trips(january, "2025-01", impossible)
+        clean_trips(trips, "2025-01", impossible)
     assert str(len(january)) in str(info.value)
 
 
@@ -138,23 +150,21 @@ def test_damaged_bytes_are_bad_input_naming_the_file(shared_tlc: Path, tmp_path:
     assert refused_values > 0  # seeds whose damaged timestamps overflowed the duration
 
 
-def test_clean_file_in_batches_equals_the_whole_file(
-    small_tlc: Path, monkeypatch, january, tmp_path
-):
+def test_clean_file_in_batches_equals_the_whole_file(small_tlc: Path, monkeypatch, trips, tmp_path):
     """Batches far smaller than the month: the same trips, in file order, and the same report
     as cleaning the whole table at once."""
     from stages import prepare
 
     path = small_tlc / "green_tripdata_2025-01.parquet"
-    whole, whole_report = clean_trips(january, "2025-01", PARAMS)
+    whole, whole_report = clean_trips(trips, "2025-01", PARAMS)
     monkeypatch.setattr(prepare, "CHUNK_ROWS", 997)
     batched, batched_report = clean_file(path, "green", "2025-01", PARAMS)
-    pd.testing.assert_frame_equal(batched, whole)
+    assert batched.equals(whole)
     assert batched_report == whole_report
     # The stage's path: batch after batch into the clean file.
     out = tmp_path / "trips_2025-01.parquet"
     assert prepare.write_clean(path, out, "green", "2025-01", PARAMS) == whole_report
-    pd.testing.assert_frame_equal(pd.read_parquet(out), whole)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), whole.to_pandas())
 
 
 def test_write_clean_of_a_month_with_nothing_left_writes_nothing(small_tlc: Path, tmp_path):
@@ -166,3 +176,24 @@ def test_write_clean_of_a_month_with_nothing_left_writes_nothing(small_tlc: Path
             small_tlc / "green_tripdata_2025-01.parquet", out, "green", "2024-06", PARAMS
         )
     assert not out.exists()  # the writer had started: every batch was empty
+
+
+def test_duration_minutes_is_pandas_total_seconds_bit_for_bit(january):
+    """The stage computes durations without pandas; they equal pandas' to the last bit."""
+    pickup, dropoff = january["pickup_datetime"], january["dropoff_datetime"]
+    ours = duration_minutes(pickup.to_numpy(), dropoff.to_numpy())
+    theirs = ((dropoff - pickup).dt.total_seconds() / 60).to_numpy()
+    assert ours.tobytes() == theirs.tobytes()
+
+
+def test_duration_minutes_of_nat_is_nan_and_overflow_is_an_error():
+    us = "datetime64[us]"
+    pickup = np.array(["2025-01-01T00:00", "NaT"], dtype=us)
+    dropoff = np.array(["2025-01-01T00:30", "2025-01-01T00:30"], dtype=us)
+    assert duration_minutes(pickup, dropoff)[0] == 30.0
+    assert np.isnan(duration_minutes(pickup, dropoff)[1])
+    # Damaged bytes decode as timestamps whose difference leaves int64: as pandas, an error.
+    far = np.array([np.iinfo(np.int64).max - 1], dtype=np.int64).view(us)
+    near = np.array([-(10**18)], dtype=np.int64).view(us)
+    with pytest.raises(OverflowError):
+        duration_minutes(near, far)
