@@ -197,3 +197,49 @@ def test_duration_minutes_of_nat_is_nan_and_overflow_is_an_error():
     near = np.array([-(10**18)], dtype=np.int64).view(us)
     with pytest.raises(OverflowError):
         duration_minutes(near, far)
+
+
+def test_column_array_reads_as_pandas_does_nulls_and_offsets_included(small_tlc: Path):
+    """column_array (from the buffers) against pyarrow's own to_numpy (through pandas), on the
+    real month's columns, with nulls put in and read through a slice (an offset)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from stages.prepare import column_array
+
+    table = pq.read_table(small_tlc / "green_tripdata_2025-01.parquet")
+    every_7th = pa.array(np.arange(table.num_rows) % 7 == 0)
+    for name in ["lpep_pickup_datetime", "PULocationID", "trip_distance", "passenger_count"]:
+        real = table.column(name).combine_chunks()
+        for column in (real, pc.if_else(every_7th, None, real)):
+            for part in (column, column.slice(3, len(column) - 10)):
+                ours, theirs = column_array(part), part.to_numpy(zero_copy_only=False)
+                assert ours.dtype == theirs.dtype, name
+                assert ours.tobytes() == theirs.tobytes(), name
+
+
+def test_the_stage_path_does_not_import_pandas(small_tlc: Path, tmp_path: Path):
+    """prepare's process never imports pandas (0.5-0.8 s of each prepare's start)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = (
+        "import sys; from pathlib import Path; from stages import prepare; "
+        "from stages.common import load_params; "
+        f"prepare.write_clean(Path({str(small_tlc / 'green_tripdata_2025-01.parquet')!r}), "
+        f"Path({str(tmp_path / 'out.parquet')!r}), 'green', '2025-01', "
+        "load_params('prepare')['prepare']); print(sorted(m for m in sys.modules if 'pandas' in m))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
+    assert pq_rows(tmp_path / "out.parquet") > 0
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
