@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import exponent, serving_markdown
+from benchmarks.report import REFERENCE_COURSE_64X_S, exponent, machine_slowdown, serving_markdown
 from tests.conftest import ROOT, SHARED_TLC, run
 
 
@@ -17,6 +17,17 @@ def test_exponent_of_linear_and_quadratic_cost():
     assert exponent([(1e3, 2.0), (1e4, 20.0), (1e5, 200.0)]) == 1.0
     assert exponent([(1e3, 1.0), (1e4, 100.0)]) == 2.0
     assert exponent([(1e3, 1.0)]) is None
+
+
+def test_machine_slowdown_is_the_geometric_mean_against_the_reference():
+    twice = {("course", s, 64): {"seconds": 2 * v} for s, v in REFERENCE_COURSE_64X_S.items()}
+    assert machine_slowdown(twice) == pytest.approx(2.0)
+    mixed = dict(twice) | {
+        ("course", "features", 64): {"seconds": 8 * REFERENCE_COURSE_64X_S["features"]}
+    }
+    assert machine_slowdown(mixed) == pytest.approx((2**3 * 8) ** 0.25)
+    del twice["course", "prepare", 64]
+    assert machine_slowdown(twice) is None  # the course's script not run at 64x
 
 
 def test_harness_on_sampled_months_writes_results(small_tlc: Path, tmp_path: Path):
