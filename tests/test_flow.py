@@ -177,6 +177,7 @@ def test_a_failing_workspace_stops_only_its_own_stages(tmp_path: Path) -> None:
 
     results: dict[str, repro.CommandResult] = {}
     workspaces = {name: tmp_path / name for name in ("failing", "other")}
+    started = {name: threading.Event() for name in workspaces}
     for path in workspaces.values():
         path.mkdir()
 
@@ -186,13 +187,16 @@ def test_a_failing_workspace_stops_only_its_own_stages(tmp_path: Path) -> None:
             workspaces[name],
             os.environ,
             timeout=60,
-            on_line=lambda line: None,
+            on_line=lambda line: line == "started" and started[name].set(),
         )
 
     threads = [threading.Thread(target=stage, args=(name,)) for name in workspaces]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)
+    # Stopped once both commands run: a fixed second was not enough on a machine twice as
+    # slow, and a SIGINT that reaches the group while workspaces/guard.py is still starting
+    # its command is lost (a known race, not what this test is about).
+    assert all(event.wait(30) for event in started.values())
     assert repro.stop_all(workspaces["failing"]) == 1
     for thread in threads:
         thread.join()
