@@ -45,15 +45,18 @@ def main(argv: list[str]) -> int:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the signal was set
         return 1
+    # SIGINT reaches the whole group (a timeout, Ctrl-C): the command handles it; so do we,
+    # by waiting for it. Set before the command starts, which then begins with SIGINT's default
+    # action even where this process inherited it ignored (a flow or worker started in the
+    # background by a shell without job control, or under nohup): an ignored SIGINT would
+    # survive the exec, and the command would run on until the SIGKILL after the grace.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     child = subprocess.Popen(argv)
 
     def on_term(signum: int, frame: object) -> None:
         _stop_group(child)
 
     signal.signal(signal.SIGTERM, on_term)
-    # SIGINT reaches the whole group (a timeout, Ctrl-C): the command handles it; so do we,
-    # by waiting for it.
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
     while True:
         try:
             return child.wait()
