@@ -229,7 +229,7 @@ def clean_file(path: Path, colour: str, month: str, params: PrepareParams) -> tu
     memory."""
     report: dict = {}
     parts = list(_clean_batches(path, colour, month, params, report))
-    return pa.concat_tables(parts).combine_chunks(), report
+    return pa.concat_tables(parts), report
 
 
 def write_clean(path: Path, out: Path, colour: str, month: str, params: PrepareParams) -> dict:
