@@ -3,6 +3,7 @@ real MLflow store. Whatever happens, the registry, the files and dvc.lock never 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -250,3 +252,39 @@ def test_train_and_evaluate_record_without_importing_mlflow(built: Path):
     assert not {name for name in imported if name.split(".")[0] == "mlflow"}
     assert len(versions(repo)) == count + 1
     assert_registry_agrees_with_files(repo)
+
+
+def test_a_model_folder_not_mirrored_is_written_by_mlflow_and_registered(built: Path):
+    """The fallback end to end: a setting lineage.pyfunc_folder does not mirror
+    (MLFLOW_LOG_MODEL_COMPRESSION) makes train write the model folder with MLflow's own
+    save_model. The version is registered from that folder like any other: its files, the
+    registry and dvc.lock agree, and MLflow loads it and scores the example as the file does."""
+    import mlflow
+    import pandas as pd
+
+    from stages import model as models
+
+    repo = built
+    count = len(versions(repo))
+    set_alpha(repo, 0.4)
+    proc = run(["dvc", "repro"], repo, {**os.environ, "MLFLOW_LOG_MODEL_COMPRESSION": "gzip"})
+    output = proc.stdout + proc.stderr
+    assert "model folder written by MLflow: MLFLOW_LOG_MODEL_COMPRESSION" in output, output[-3000:]
+    assert len(versions(repo)) == count + 1
+    assert_registry_agrees_with_files(repo)
+
+    newest = max(versions(repo).values(), key=lambda v: int(v.version))
+    folder = Path(newest.source.removeprefix("file://"))
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["python_model_compression"] == "gzip"
+    assert file_md5(folder / "artifacts" / "model.json") == newest.tags["model_md5"]
+
+    example = pd.read_parquet(repo / "data" / "features" / "input_example.parquet")
+    loaded = mlflow.pyfunc.load_model(str(folder))
+    assert loaded.metadata.signature.to_dict() == request.signature_dict()
+    encoders = json.loads((repo / "data" / "features" / "encoders.json").read_text())
+    trips = request.trips_from_request(example, encoders)
+    expected = models.predict_trips(
+        models.load(repo / "models" / "model.json"), encoders, trips, threads=1
+    )
+    assert np.allclose(np.asarray(loaded.predict(example)), expected)
