@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +161,7 @@ def linear_moments(
     numeric_sum, numeric_y = np.zeros(n_numeric), np.zeros(n_numeric)
     numeric_gram = np.zeros((n_numeric, n_numeric))
     y_sum = 0.0
+    scratch = np.empty(min(n, chunk_rows))
     for lo in range(0, n, chunk_rows):
         part, part_y = features.iloc[lo : lo + chunk_rows], y[lo : lo + chunk_rows]
         codes = _block_codes(part)
@@ -175,9 +176,10 @@ def linear_moments(
                 block_numeric[a, k] += np.bincount(code, weights=values, minlength=widths[a])
         for k, values in enumerate(numeric):
             numeric_sum[k] += values.sum()
-            numeric_y[k] += values @ part_y
-            for j in range(n_numeric):
-                numeric_gram[k, j] += values @ numeric[j]
+            numeric_y[k] += dot(values, part_y, scratch)
+            for j in range(k, n_numeric):  # symmetric: a[i] * b[i] == b[i] * a[i] exactly
+                numeric_gram[k, j] += dot(values, numeric[j], scratch)
+                numeric_gram[j, k] = numeric_gram[k, j]
         y_sum += float(part_y.sum())
 
     rows, cols, data = [], [], []
@@ -212,6 +214,55 @@ def linear_moments(
     return Moments(gram, mean_x, mean_y, xty - n * mean_x * mean_y, n)
 
 
+def dot(a: np.ndarray, b: np.ndarray, scratch: np.ndarray | None = None) -> float:
+    """The sum of a * b in one order on every CPU: numpy's pairwise sum of the products.
+
+    `a @ b` is BLAS's ddot, whose kernel OpenBLAS picks by CPU (Haswell, SkylakeX, Zen,
+    Sandybridge, ...), each adding in its own order: the fitted coefficients, and so the model
+    file, differed in their last bits from one teammate's CPU to another's, the metrics not
+    (benchmarks/results/FINDINGS.md). Elementwise products are exact IEEE operations on every
+    CPU, and numpy's pairwise summation has a fixed order whichever SIMD loop runs it.
+    `scratch` (at least len(a) float64s) holds the products instead of a new array.
+    """
+    products = np.multiply(a, b, out=None if scratch is None else scratch[: len(a)])
+    return float(np.add.reduce(products))
+
+
+def preconditioned_cg(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    b: np.ndarray,
+    inverse_diagonal: np.ndarray,
+    rtol: float,
+    maxiter: int,
+) -> tuple[np.ndarray, bool]:
+    """Conjugate gradients from zero with a diagonal preconditioner: scipy's `cg`, step for
+    step, with its dot products and norms taken by `dot`, so the solution does not depend on
+    the CPU's BLAS. Returns the solution and whether |r| fell below rtol |b|."""
+    x = np.zeros_like(b)
+    b_norm = np.sqrt(dot(b, b))
+    if b_norm == 0:
+        return x, True
+    r = b.copy()
+    p = np.zeros_like(b)
+    rho_previous = 1.0
+    for iteration in range(maxiter):
+        if np.sqrt(dot(r, r)) < rtol * b_norm:
+            return x, True
+        z = inverse_diagonal * r
+        rho = dot(r, z)
+        if iteration > 0:
+            p *= rho / rho_previous
+            p += z
+        else:
+            p[:] = z
+        q = matvec(p)
+        alpha = rho / dot(p, q)
+        x += alpha * p
+        r -= alpha * q
+        rho_previous = rho
+    return x, False
+
+
 def ridge_solve(moments: Moments, alpha: float) -> tuple[np.ndarray, float]:
     """Exact ridge with an unpenalised intercept, from the normal equations.
 
@@ -222,23 +273,20 @@ def ridge_solve(moments: Moments, alpha: float) -> tuple[np.ndarray, float]:
     (what makes sklearn's unpreconditioned sparse_cg slow). With alpha = 0 the one-hot blocks
     are collinear; the system stays consistent and CG from zero reaches an exact solution.
     """
-    from scipy.sparse.linalg import LinearOperator, cg
-
     n, gram, mean_x, mean_y = moments.rows, moments.gram, moments.mean_x, moments.mean_y
     # Centred Gram matrix: the sparse part minus a rank-one term.
     diagonal = gram.diagonal() - n * mean_x**2 + alpha
     inverse_diagonal = np.divide(1.0, diagonal, out=np.ones_like(diagonal), where=diagonal > 0)
-    shape = gram.shape
-    system = LinearOperator(
-        shape, dtype=np.float64, matvec=lambda v: gram @ v - n * (mean_x @ v) * mean_x + alpha * v
+    coef, converged = preconditioned_cg(
+        lambda v: gram @ v - n * dot(mean_x, v) * mean_x + alpha * v,
+        moments.moment,
+        inverse_diagonal,
+        rtol=RIDGE_RTOL,
+        maxiter=RIDGE_MAX_ITER,
     )
-    preconditioner = LinearOperator(shape, dtype=np.float64, matvec=lambda v: inverse_diagonal * v)
-    coef, info = cg(
-        system, moments.moment, rtol=RIDGE_RTOL, maxiter=RIDGE_MAX_ITER, M=preconditioner
-    )
-    if info != 0:
+    if not converged:
         raise BadInputError(f"ridge did not converge in {RIDGE_MAX_ITER} iterations (model.alpha)")
-    return coef, mean_y - float(mean_x @ coef)
+    return coef, mean_y - dot(mean_x, coef)
 
 
 def lasso_solve(
@@ -274,19 +322,19 @@ def lasso_solve(
                 largest_step = max(largest_step, abs(new - old))
             largest = max(largest, abs(new))
         if largest == 0 or largest_step / largest < LASSO_TOL:
-            residual2 = centred_y2 - 2 * moment @ coef + coef @ gram_coef
+            residual2 = centred_y2 - 2 * dot(moment, coef) + dot(coef, gram_coef)
             dual_norm = float(np.max(np.abs(moment - gram_coef)))
             scale = alpha / dual_norm if dual_norm > alpha else 1.0
             gap = (
                 0.5 * residual2 * (1 + scale**2)
                 + alpha * np.abs(coef).sum()
-                - scale * (centred_y2 - moment @ coef)
+                - scale * (centred_y2 - dot(moment, coef))
             )
             if gap < LASSO_TOL * centred_y2:
                 break
     else:
         log.warning("lasso did not converge in %d epochs (model.max_iter)", max_iter)
-    return coef, mean_y - float(mean_x @ coef)
+    return coef, mean_y - dot(mean_x, coef)
 
 
 def import_xgboost() -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 
 from stages import model as m
 from stages.common import BadInputError, parse_section
-from tests.conftest import PROJECT_PARAMS, encoded_months
+from tests.conftest import PROJECT_PARAMS, ROOT, encoded_months
 
 
 def model_params(**changes):
@@ -150,3 +153,52 @@ def test_linear_predict_is_the_design_product_bit_for_bit(kind, data):
     for chunk_rows in (m.CHUNK_ROWS, 997):
         predicted = m.linear_predict(model, validation, encoders, chunk_rows=chunk_rows)
         np.testing.assert_array_equal(predicted, expected)
+
+
+# A fit on the sampled January, in a fresh process: numpy and OpenBLAS pick their CPU kernels
+# when they load, so each CPU below needs its own process.
+FIT_IN_A_PROCESS = """
+import hashlib, sys
+from pathlib import Path
+from stages import model as m
+from stages.common import parse_section
+from tests.conftest import PROJECT_PARAMS, encoded_months
+encoders, (train,) = encoded_months(Path(sys.argv[1]), "2025-01")
+for kind, alpha in (("ridge", 1.0), ("lasso", 0.05)):
+    params = parse_section("model", PROJECT_PARAMS["model"] | {"type": kind, "alpha": alpha})
+    path = Path(sys.argv[2]) / f"{kind}.json"
+    m.save(m.fit(train, encoders, params, seed=42, threads=2), path)
+    print(kind, hashlib.md5(path.read_bytes()).hexdigest())
+"""
+# What a teammate's x86-64 CPU may run, forced on this one: OpenBLAS's kernels for an older
+# CPU family (OPENBLAS_CORETYPE), numpy's loops without AVX2/FMA (X86_V3) and threads.
+OTHER_CPUS = {
+    "this machine": {},
+    "Sandybridge kernels (AVX, no AVX2)": {"OPENBLAS_CORETYPE": "Sandybridge"},
+    "Prescott kernels (SSE3), numpy without AVX2/FMA": {
+        "OPENBLAS_CORETYPE": "Prescott",
+        "NPY_DISABLE_CPU_FEATURES": "X86_V3",
+    },
+    "one BLAS thread": {"OPENBLAS_NUM_THREADS": "1"},
+}
+
+
+def test_linear_models_are_byte_identical_on_other_cpu_kernels(small_tlc: Path, tmp_path: Path):
+    """The ridge and lasso files do not depend on the CPU's BLAS or SIMD kernels: a teammate
+    who reproduces a model from its data gets the same bytes, not only the same metrics (the
+    sums behind them are numpy's pairwise sums, in one order on every CPU, not BLAS's)."""
+    digests = {}
+    for cpu, env in OTHER_CPUS.items():
+        out = tmp_path / str(len(digests))
+        out.mkdir()
+        proc = subprocess.run(
+            [sys.executable, "-c", FIT_IN_A_PROCESS, str(small_tlc), str(out)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        digests[cpu] = proc.stdout.split()
+    assert len({tuple(d) for d in digests.values()}) == 1, digests
