@@ -202,3 +202,20 @@ def test_linear_models_are_byte_identical_on_other_cpu_kernels(small_tlc: Path, 
         assert proc.returncode == 0, proc.stderr[-2000:]
         digests[cpu] = proc.stdout.split()
     assert len({tuple(d) for d in digests.values()}) == 1, digests
+
+
+def test_preconditioned_cg_solves_and_reports_non_convergence() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 40))
+    system = a.T @ a + 0.1 * np.eye(40)  # symmetric positive definite, badly scaled below
+    system[:, 0] *= 100.0
+    system[0, :] *= 100.0
+    b = rng.normal(size=40)
+    inverse_diagonal = 1.0 / system.diagonal()
+    x, converged = m.preconditioned_cg(lambda v: system @ v, b, inverse_diagonal, 1e-12, 1000)
+    assert converged
+    assert np.allclose(x, np.linalg.solve(system, b), rtol=1e-8, atol=1e-10)
+    _, converged = m.preconditioned_cg(lambda v: system @ v, b, inverse_diagonal, 1e-12, 3)
+    assert not converged
+    zero, converged = m.preconditioned_cg(lambda v: system @ v, 0 * b, inverse_diagonal, 1e-12, 5)
+    assert converged and not zero.any()
