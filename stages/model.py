@@ -243,18 +243,14 @@ def preconditioned_cg(
     if b_norm == 0:
         return x, True
     r = b.copy()
-    p = np.zeros_like(b)
-    rho_previous = 1.0
-    for iteration in range(maxiter):
+    p: np.ndarray | None = None
+    rho_previous = 0.0
+    for _ in range(maxiter):
         if np.sqrt(dot(r, r)) < rtol * b_norm:
             return x, True
         z = inverse_diagonal * r
         rho = dot(r, z)
-        if iteration > 0:
-            p *= rho / rho_previous
-            p += z
-        else:
-            p[:] = z
+        p = z if p is None else z + (rho / rho_previous) * p
         q = matvec(p)
         alpha = rho / dot(p, q)
         x += alpha * p
@@ -421,16 +417,14 @@ def fit(
     """
     y = features[TARGET].to_numpy(np.float64)
     if params.type in LINEAR_TYPES:
-        from threadpoolctl import threadpool_limits
-
+        # No BLAS thread limit: the linear fit calls no BLAS (`dot`), so `threads` is XGBoost's.
         if params.type == "lasso" and params.alpha == 0:
             raise BadInputError("model.alpha must be > 0 for lasso (use ridge for no penalty)")
         moments = linear_moments(features, encoders, y)
-        with threadpool_limits(threads):
-            if params.type == "ridge":
-                coef, intercept = ridge_solve(moments, params.alpha)
-            else:
-                coef, intercept = lasso_solve(moments, y, params.alpha, params.max_iter)
+        if params.type == "ridge":
+            coef, intercept = ridge_solve(moments, params.alpha)
+        else:
+            coef, intercept = lasso_solve(moments, y, params.alpha, params.max_iter)
         return {
             "type": params.type,
             "alpha": params.alpha,

@@ -178,14 +178,12 @@ def test_a_failing_workspace_stops_only_its_own_stages(tmp_path: Path, sigint: s
     a worker or CI can be): the guard gives its command SIGINT's default action back."""
     import signal
 
-    if sigint == "ignored":
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            _stop_one_of_two_workspaces(tmp_path)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    else:
+    handler = signal.SIG_IGN if sigint == "ignored" else signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
         _stop_one_of_two_workspaces(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_one_of_two_workspaces(tmp_path: Path) -> None:
