@@ -10,6 +10,7 @@ inputs resident; `process_peak_rss_mib` also counts loading them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -139,7 +140,7 @@ def ours_train(spec: dict, result: dict) -> None:
     update: dict[str, Any] = {"type": spec["model"]}
     if spec["model"] == "lasso":
         update["alpha"] = COURSE_LASSO_ALPHA  # like for like with the course's Lasso
-    model_params = params["model"].model_copy(update=update)
+    model_params = dataclasses.replace(params["model"], **update)
     features = pd.read_parquet(_file(spec, "features").with_suffix(".parquet"))
     encoders = json.loads(_file(spec, "encoders").with_suffix(".json").read_text())
     with measured(result):
@@ -166,10 +167,10 @@ def ours_dask(spec: dict, result: dict) -> None:
 
     params = _ours_params()
     base = params["base"]
-    xgb_params = params["model"].xgboost.model_copy(
-        update={"cluster": "local", "workers": spec["workers"]}
+    xgb_params = dataclasses.replace(
+        params["model"].xgboost, cluster="local", workers=spec["workers"]
     )
-    model_params = params["model"].model_copy(update={"type": "xgboost", "xgboost": xgb_params})
+    model_params = dataclasses.replace(params["model"], type="xgboost", xgboost=xgb_params)
     features = _file(spec, "features").with_suffix(".parquet")
     encoders = json.loads(_file(spec, "encoders").with_suffix(".json").read_text())
     # One thread per worker whatever base.threads says: 1 vs 2 workers, not threads.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.common import load_yaml
+from stages.common import Section, load_yaml
 
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "taxi-trip-duration"
@@ -146,8 +146,8 @@ def lineage_uri(name: str) -> str:
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
     """{'model': {'xgboost': {'n_rounds': 4}}} -> {'model.xgboost.n_rounds': 4}."""
-    if hasattr(value, "model_dump"):
-        value = value.model_dump()
+    if isinstance(value, Section):
+        value = value.as_dict()
     if isinstance(value, Mapping):
         flat: dict[str, Any] = {}
         for key, item in value.items():

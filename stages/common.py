@@ -7,21 +7,24 @@ imported here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
+import types
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 # Exit status of a stage that refused its input (sysexits EX_DATAERR). The Prefect flow
@@ -61,9 +64,13 @@ class EnvironmentRefusal(RuntimeError):
 _MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
+class _Invalid(ValueError):
+    """A value that does not fit its declared param type; the message says what was expected."""
+
+
 def _month(value: str) -> str:
     if not _MONTH_RE.match(value):
-        raise ValueError("expected a month as YYYY-MM (01-12)")
+        raise _Invalid("expected a month as YYYY-MM (01-12)")
     return value
 
 
@@ -100,120 +107,295 @@ def fill_path(template: str, **fields: str) -> Path:
     return Path(template.format(**fields))
 
 
-Month = Annotated[str, AfterValidator(_month)]
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
-
-class _Section(BaseModel):
-    # Unknown keys are errors: `-S model.alhpa=0.05` must not silently do nothing.
-    # inf and nan are errors too: `model.alpha=1e309` must fail here, not after the fit.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class BaseParams(_Section):
-    seed: int = Field(ge=0)
-    threads: int = Field(ge=1, le=256)
+# ----------------------------------------------------------------------------- params schema
+# The sections are frozen dataclasses checked by the small schema below, not pydantic models:
+# every stage process validates its params, and importing pydantic and building its models cost
+# each one about 0.25 s of a cold `dvc repro`'s ten (benchmarks/results/FINDINGS.md, issue 13).
 
 
-class DataParams(_Section):
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one param must be beyond its type: bounds, a pattern, a minimum length."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    pattern: str | None = None
+    min_length: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if self.ge is not None and value < self.ge:
+            return f"expected a value >= {self.ge:g}"
+        if self.gt is not None and value <= self.gt:
+            return f"expected a value > {self.gt:g}"
+        if self.le is not None and value > self.le:
+            return f"expected a value <= {self.le:g}"
+        if self.pattern is not None and not re.search(self.pattern, value):
+            return f"expected a string matching {self.pattern!r}"
+        if self.min_length is not None and len(value) < self.min_length:
+            return f"expected a length of at least {self.min_length}"
+        return None
+
+
+def param(**rule: Any) -> Any:
+    """A required param of a section, with its Rule (`seed: int = param(ge=0)`)."""
+    return dataclasses.field(metadata={"rule": Rule(**rule)})
+
+
+# A str checked by `_month` (Annotated metadata: the checks run after the type's).
+Month = Annotated[str, _month]
+
+
+def _typed(kind: Any, value: Any, key: str, problems: list[str]) -> Any:
+    """`value` as the declared type `kind`; a problem (key: what was expected, got what) is
+    appended for every part that does not fit, and None returned in its place."""
+    try:
+        return _converted(kind, value, key, problems)
+    except _Invalid as exc:
+        problems.append(f"{key}: {exc} (got {value!r})")
+        return None
+
+
+def _converted(kind: Any, value: Any, key: str, problems: list[str]) -> Any:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: the only unions declared
+        if value is None and type(None) in args:
+            return None
+        (kind,) = (a for a in args if a is not type(None))
+        return _converted(kind, value, key, problems)
+    if origin in _SHAPES:
+        return _SHAPES[origin](args, value, key, problems)
+    if isinstance(kind, type) and issubclass(kind, Section):
+        return kind.from_raw(value, key, problems)
+    return _scalar(kind, value)
+
+
+def _checked(args: tuple, value: Any, key: str, problems: list[str]) -> Any:
+    # Annotated[type, check, ...]: the checks run on the value of the type.
+    value = _converted(args[0], value, key, problems)
+    for check in args[1:]:
+        value = check(value)
+    return value
+
+
+def _choice(args: tuple, value: Any, key: str, problems: list[str]) -> Any:
+    if not any(type(value) is type(a) and value == a for a in args):
+        raise _Invalid("expected one of " + ", ".join(map(repr, args)))
+    return value
+
+
+def _mapping(args: tuple, value: Any, key: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        raise _Invalid("expected a mapping")
+    return {
+        _typed(args[0], k, f"{key}.{k}", problems): _typed(args[1], v, f"{key}.{k}", problems)
+        for k, v in value.items()
+    }
+
+
+def _items(args: tuple, value: Any, key: str, problems: list[str]) -> Any:
+    if not isinstance(value, list):
+        raise _Invalid("expected a list")
+    return [_typed(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+
+
+_SHAPES: dict[Any, Callable[[tuple, Any, str, list[str]], Any]] = {
+    Annotated: _checked,
+    Literal: _choice,
+    dict: _mapping,
+    list: _items,
+}
+
+
+def _scalar(kind: type, value: Any) -> Any:
+    # YAML's types as written: no "3" for 3 and no true for 1; 3.0 is an integer, 1 a number.
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _Invalid("expected true or false")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise _Invalid("expected a string")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("expected an integer" if kind is int else "expected a number")
+    if not math.isfinite(value):
+        raise _Invalid("expected a finite number")
+    if kind is int:
+        if not float(value).is_integer():
+            raise _Invalid("expected an integer")
+        return int(value)
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Section:
+    """A params section: built only through `from_raw`, which refuses unknown keys (`-S
+    model.alhpa=0.05` must not silently do nothing), missing ones, wrong types, inf and nan
+    (`model.alpha=1e309` fails here, not after the fit) and values outside their Rule."""
+
+    @classmethod
+    def param_types(cls) -> dict[str, Any]:
+        """Each param's declared type, by name, in the order of the section."""
+        hints = typing.get_type_hints(cls, include_extras=True)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_raw(cls: type[S], raw: Any, key: str, problems: list[str]) -> S | None:
+        """The section checked from `raw` (YAML's values); None, with problems appended, if not."""
+        if not isinstance(raw, dict):
+            problems.append(f"{key}: expected a mapping (got {raw!r})")
+            return None
+        found, kinds = len(problems), cls.param_types()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            where = f"{key}.{f.name}"
+            if f.name not in raw:
+                if f.default is dataclasses.MISSING:
+                    problems.append(f"{where}: required")
+                continue
+            value = _typed(kinds[f.name], raw[f.name], where, problems)
+            rule = f.metadata.get("rule")
+            message = rule.problem(value) if rule and value is not None else None
+            if message:
+                problems.append(f"{where}: {message} (got {raw[f.name]!r})")
+            values[f.name] = value
+        names = {f.name for f in dataclasses.fields(cls)}
+        problems.extend(
+            f"{key}.{k}: not a param here (got {raw[k]!r})" for k in raw if k not in names
+        )
+        if len(problems) > found:
+            return None
+        section = cls(**values)
+        message = section.problem()
+        if message:
+            problems.append(f"{key}: {message}")
+            return None
+        return section
+
+    def problem(self) -> str | None:
+        """What is wrong across params of the section (a range out of order), if anything."""
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+S = TypeVar("S", bound=Section)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BaseParams(Section):
+    seed: int = param(ge=0)
+    threads: int = param(ge=1, le=256)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataParams(Section):
     colour: Literal["green", "yellow"]
     months: dict[Month, Split]
     trips_url: str
     zones_url: str
 
-    @model_validator(mode="after")
-    def _every_split_has_a_month(self) -> DataParams:
+    def problem(self) -> str | None:
         missing = [s for s in SPLITS if s not in self.months.values()]
-        if missing:
-            raise ValueError(f"months: no month is assigned to {', '.join(missing)}")
-        return self
+        return f"months: no month is assigned to {', '.join(missing)}" if missing else None
 
     def months_of(self, split: Split) -> list[str]:
         return sorted(m for m, s in self.months.items() if s == split)
 
 
-class PrepareParams(_Section):
-    min_duration_minutes: float = Field(ge=0)
-    max_duration_minutes: float = Field(gt=0)
-    max_distance_miles: float = Field(gt=0)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrepareParams(Section):
+    min_duration_minutes: float = param(ge=0)
+    max_duration_minutes: float = param(gt=0)
+    max_distance_miles: float = param(gt=0)
 
-    @model_validator(mode="after")
-    def _range_is_ordered(self) -> PrepareParams:
+    def problem(self) -> str | None:
         if self.min_duration_minutes >= self.max_duration_minutes:
-            raise ValueError("min_duration_minutes must be below max_duration_minutes")
-        return self
+            return "min_duration_minutes must be below max_duration_minutes"
+        return None
 
 
-class FeaturesParams(_Section):
-    min_pair_count: int = Field(ge=1)
-    clip_distance_miles: float = Field(gt=0)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FeaturesParams(Section):
+    min_pair_count: int = param(ge=1)
+    clip_distance_miles: float = param(gt=0)
 
 
 # none | local | a Dask scheduler address: tcp:// or tls://, a host, a port.
 CLUSTER_PATTERN = r"^(none|local|(tcp|tls)://[A-Za-z0-9._\[\]:-]+:[0-9]{1,5})$"
 
 
-class XGBoostParams(_Section):
-    n_rounds: int = Field(ge=1)
-    learning_rate: float = Field(gt=0, le=1)
-    max_depth: int = Field(ge=1, le=64)
-    min_child_weight: float = Field(ge=0)
-    subsample: float = Field(gt=0, le=1)
-    colsample_bytree: float = Field(gt=0, le=1)
-    max_cat_to_onehot: int = Field(ge=1)
-    reg_lambda: float = Field(ge=0)  # L2 on leaf weights (XGBoost's `lambda`)
-    gamma: float = Field(ge=0)  # the loss reduction a split must make
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class XGBoostParams(Section):
+    n_rounds: int = param(ge=1)
+    learning_rate: float = param(gt=0, le=1)
+    max_depth: int = param(ge=1, le=64)
+    min_child_weight: float = param(ge=0)
+    subsample: float = param(gt=0, le=1)
+    colsample_bytree: float = param(gt=0, le=1)
+    max_cat_to_onehot: int = param(ge=1)
+    reg_lambda: float = param(ge=0)  # L2 on leaf weights (XGBoost's `lambda`)
+    gamma: float = param(ge=0)  # the loss reduction a split must make
     # Where XGBoost trains: `none` in this process; `local` on a Dask LocalCluster of
     # `workers` processes started by train; or a running Dask scheduler's address
     # (tcp://host:8786), whose workers read the feature file as Dask partitions.
-    cluster: str = Field(pattern=CLUSTER_PATTERN)
-    workers: int = Field(ge=1, le=256)  # partitions of the data; processes for `local`
+    cluster: str = param(pattern=CLUSTER_PATTERN)
+    workers: int = param(ge=1, le=256)  # partitions of the data; processes for `local`
 
 
-class ModelParams(_Section):
-    registered_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelParams(Section):
+    registered_name: str = param(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     type: Literal["lasso", "ridge", "xgboost"]
-    alpha: float = Field(ge=0)
-    max_iter: int = Field(ge=1)
+    alpha: float = param(ge=0)
+    max_iter: int = param(ge=1)
     xgboost: XGBoostParams
 
 
-class EvaluateParams(_Section):
-    plot_every_nth: int = Field(ge=1)
-    distance_buckets_miles: list[float] = Field(min_length=2)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluateParams(Section):
+    plot_every_nth: int = param(ge=1)
+    distance_buckets_miles: list[float] = param(min_length=2)
 
-    @model_validator(mode="after")
-    def _buckets_increase(self) -> EvaluateParams:
+    def problem(self) -> str | None:
         edges = self.distance_buckets_miles
         if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-            raise ValueError("distance_buckets_miles must be strictly increasing")
-        return self
+            return "distance_buckets_miles must be strictly increasing"
+        return None
 
 
-class PromoteParams(_Section):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PromoteParams(Section):
     # A challenger becomes champion only when its validation RMSE is lower by at least this.
-    min_improvement_minutes: float = Field(ge=0)
+    min_improvement_minutes: float = param(ge=0)
 
 
-class SearchRange(_Section):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchRange(Section):
     low: float
     high: float
     log: bool = False
 
 
-class PrunerParams(_Section):
-    startup_trials: int = Field(ge=0)
-    warmup_rounds: int = Field(ge=0)
-    interval_rounds: int = Field(ge=1)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrunerParams(Section):
+    startup_trials: int = param(ge=0)
+    warmup_rounds: int = param(ge=0)
+    interval_rounds: int = param(ge=1)
 
 
-class TuneParams(_Section):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TuneParams(Section):
     """The hyperparameter search (flows.tune): read by no stage, validated with the file so an
     override of any section sees it. Only the shape is checked here; tuning.space checks the
     ranges against the model section (a param that exists, low < high, within its bounds)."""
 
-    seed: int = Field(ge=0)
+    seed: int = param(ge=0)
     metric: Literal["validation_rmse"]
     pruner: PrunerParams
     lasso: dict[str, SearchRange] | None = None
@@ -221,15 +403,16 @@ class TuneParams(_Section):
     xgboost: dict[str, SearchRange] | None = None
 
 
-class RetrainParams(_Section):
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RetrainParams(Section):
     """The months over time (flows.retrain, flows.backtest; their window rule: timeline.window):
     read by no stage, validated with the file like `tune`."""
 
-    train_months: int = Field(ge=1, le=24)
-    cron: str = Field(min_length=9)  # five cron fields, at least "* * * * *"
+    train_months: int = param(ge=1, le=24)
+    cron: str = param(min_length=9)  # five cron fields, at least "* * * * *"
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[Section]] = {
     "base": BaseParams,
     "data": DataParams,
     "prepare": PrepareParams,
@@ -241,24 +424,22 @@ SECTIONS: dict[str, type[_Section]] = {
     "retrain": RetrainParams,
 }
 
-S = TypeVar("S", bound=_Section)
+
+def invalid_params(path: Path | str, problems: list[str]) -> BadInputError:
+    return BadInputError(f"{path}: invalid params:\n  " + "\n  ".join(problems))
 
 
-def parse_section(name: str, raw: Any, path: Path | str = PARAMS_FILE) -> _Section:
+def parse_section(name: str, raw: Any, path: Path | str = PARAMS_FILE) -> Any:
     """Validate one params section; the error names every offending key and what was expected."""
     if name not in SECTIONS:
         raise BadInputError(f"{path}: unknown params section {name!r}")
     if raw is None:
         raise BadInputError(f"{path}: section {name!r} is missing")
-    try:
-        return SECTIONS[name].model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join([name, *(str(p) for p in err["loc"])])
-            got = "" if err["type"] == "missing" else f" (got {err['input']!r})"
-            problems.append(f"{key}: {err['msg']}{got}")
-        raise BadInputError(f"{path}: invalid params:\n  " + "\n  ".join(problems)) from None
+    problems: list[str] = []
+    section = SECTIONS[name].from_raw(raw, name, problems)
+    if section is None:
+        raise invalid_params(path, problems)
+    return section
 
 
 def load_yaml(text: str) -> Any:

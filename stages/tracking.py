@@ -61,7 +61,6 @@ MODEL_REQUIREMENTS = [
     "xgboost; sys_platform == 'darwin'",
     "pyarrow",
     "pyyaml",
-    "pydantic",
 ]
 # The file MLflow runs to load a logged model (models from code), and the project modules it
 # imports; they ship inside every registered model, so train depends on them in dvc.yaml.

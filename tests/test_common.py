@@ -142,6 +142,40 @@ def test_non_finite_alpha_is_refused(value):
     assert "model.alpha" in refused("model", raw) and "finite" in refused("model", raw)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("max_iter", True, "expected an integer"),  # YAML's true is no 1
+        ("max_iter", 2.5, "expected an integer"),
+        ("alpha", "0.5", "expected a number"),  # a quoted number is a string
+        ("registered_name", 7, "expected a string"),
+        ("xgboost", [1], "expected a mapping"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_by_name(key, value, expected):
+    message = refused("model", section("model") | {key: value})
+    assert f"model.{key}: {expected} (got {value!r})" in message
+
+
+def test_every_problem_is_named_at_once_nested_ones_by_their_full_key():
+    raw = section("model") | {"alpha": -1, "type": "forest"}
+    raw["xgboost"] = raw["xgboost"] | {"max_depth": 65, "subsample": 0}
+    lines = refused("model", raw).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "model.type", "model.alpha", "model.xgboost.max_depth", "model.xgboost.subsample"
+    ]  # fmt: skip
+
+
+def test_a_section_is_its_yaml_values_typed_and_round_trips():
+    model = parse_section("model", section("model") | {"max_iter": 3000.0, "alpha": 2})
+    assert (model.max_iter, type(model.max_iter), model.alpha, type(model.alpha)) == (
+        3000, int, 2.0, float
+    )  # fmt: skip
+    assert parse_section("model", model.as_dict()) == model
+    tune = parse_section("tune", section("tune") | {"lasso": None})
+    assert tune.lasso is None and tune.xgboost["max_depth"].log is False
+
+
 def test_whole_params_text_is_validated():
     text = (ROOT / "params.yaml").read_text()
     assert set(validate_params_text(text, "params.yaml")) == {

@@ -132,7 +132,7 @@ def test_classify_reads_dvc_and_stage_messages() -> None:
         255,
         [
             "BAD INPUT in stage train: params.yaml: invalid params:",
-            "  model.alpha: Input should be greater than or equal to 0 (got -1)",
+            "  model.alpha: expected a value >= 0 (got -1)",
             "ERROR: failed to reproduce 'train': failed to run: python -m stages.train, exited "
             "with 65",
         ],

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
 from stages.common import BadInputError, ModelParams, TuneParams, XGBoostParams
 
 MODEL_TYPES = ("lasso", "ridge", "xgboost")
@@ -42,8 +40,8 @@ def search_space(tune: TuneParams, model: ModelParams, model_type: str) -> list[
     ranges = getattr(tune, model_type)
     if not ranges:
         raise BadInputError(f"tune.{model_type}: no search space for {model_type} in params.yaml")
-    fields = XGBoostParams.model_fields if model_type == "xgboost" else ModelParams.model_fields
-    allowed = set(fields) if model_type == "xgboost" else set(LINEAR_PARAMS)
+    kinds = (XGBoostParams if model_type == "xgboost" else ModelParams).param_types()
+    allowed = set(kinds) if model_type == "xgboost" else set(LINEAR_PARAMS)
     prefix = "model.xgboost" if model_type == "xgboost" else "model"
     space = []
     for name, bounds in ranges.items():
@@ -52,7 +50,7 @@ def search_space(tune: TuneParams, model: ModelParams, model_type: str) -> list[
             raise BadInputError(
                 f"{where}: unknown param (expected one of {', '.join(sorted(allowed))})"
             )
-        integer = fields[name].annotation is int
+        integer = kinds[name] is int
         low, high = bounds.low, bounds.high
         if integer and not (low.is_integer() and high.is_integer()):
             raise BadInputError(f"{where}: an integer param, got low {low:g}, high {high:g}")
@@ -92,17 +90,16 @@ def with_values(
 ) -> ModelParams:
     """The model section with `model.type` and the searched params set, validated as the
     stages validate it (BadInputError names the param)."""
-    document = model.model_dump()
+    document = model.as_dict()
     document["type"] = model_type
     for p in space:
         section = document["xgboost"] if p.key.startswith("model.xgboost.") else document
         section[p.name] = values[p.name]
-    try:
-        return ModelParams.model_validate(document)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(["model", *(str(part) for part in error["loc"])])
-        raise BadInputError(f"not a valid {key}: {error['msg']}") from None
+    problems: list[str] = []
+    params = ModelParams.from_raw(document, "model", problems)
+    if params is None:
+        raise BadInputError(f"not a valid {problems[0]}")
+    return params
 
 
 def overrides(model_type: str, space: list[SearchParam], values: dict[str, Any]) -> dict[str, Any]:
