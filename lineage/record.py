@@ -244,7 +244,7 @@ def experiment_name() -> str:
     return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
 
 
-def _check_http(uri: str) -> None:
+def check_http(uri: str) -> None:
     """GET /health with a short timeout: a hung server is found in seconds, not minutes."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_SECONDS):
@@ -290,7 +290,7 @@ def connect(uri: str | None = None, create: bool = True) -> Any:
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
             if uri.startswith(("http://", "https://")):
-                _check_http(uri)
+                check_http(uri)
             with _store_creation_lock(uri):
                 import mlflow
                 from mlflow.tracking import MlflowClient

@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lineage import record
+from lineage import http_store, record
+from lineage.http_store import HttpStore
 from lineage.pyfunc_folder import NotMirroredError, save_pyfunc_folder
 from lineage.sqlite_client import SqliteClient
 from lineage.sqlite_store import DirectStore, create_store, http_source
@@ -192,10 +193,16 @@ class ClientWriter:
         pass
 
 
-def open_writer(uri: str) -> DirectStore | ClientWriter:
+Writer = DirectStore | HttpStore | ClientWriter
+
+
+def open_writer(uri: str) -> Writer:
     """The cheapest writer for the run record: sqlite3 straight into a SQLite store MLflow has
     built (no `import mlflow`: 1.5-2 s a process), a new one copied from a pristine store,
-    else MLflow's client (connect_store)."""
+    the REST API of a tracking server through urllib (lineage.http_store), else MLflow's
+    client (connect_store)."""
+    if http_store.usable(uri):
+        return connect_server(uri)
     path = record.sqlite_path(uri)
     if path is not None:
         if not path.exists():
@@ -227,7 +234,7 @@ class StageRun:
     def __init__(
         self,
         stage: str,
-        writer: DirectStore | ClientWriter,
+        writer: Writer,
         uri: str,
         run_id: str,
         outputs: StagedOutputs,
@@ -247,9 +254,11 @@ class StageRun:
         self._after_commit: list[Callable[[], None]] = []
         self.model_version: Any = None
         self.registered_new = False  # a new version (not an identical one found registered)
-        self._client: Any = (
-            writer.client if isinstance(writer, ClientWriter) else SqliteClient.for_store(writer)
-        )
+        self._client: Any = None
+        if isinstance(writer, ClientWriter):
+            self._client = writer.client
+        elif isinstance(writer, DirectStore):
+            self._client = SqliteClient.for_store(writer)
         self._opening: threading.Thread | None = None
         self._opened: dict[str, Any] = {}
         # Seconds the stage waited for MLflow's client (part of its mlflow_seconds), and the
@@ -605,6 +614,24 @@ def stage_run(
         finally:
             stage_record.join_client()
             writer.close()
+
+
+def connect_server(uri: str) -> HttpStore:
+    """The tracking server's REST API with the pipeline's experiment in place, after the
+    health check record.connect makes: TransientError when the server does not answer
+    (seconds, not minutes); a refusal (a 403, a bad request) is an EnvironmentRefusal."""
+    for attempt in range(1, record.CONNECT_ATTEMPTS + 1):
+        try:
+            record.check_http(uri)
+            break
+        except OSError as exc:
+            if attempt == record.CONNECT_ATTEMPTS:
+                raise TransientError(
+                    f"MLflow tracking store {uri} did not answer after {attempt} attempts: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            time.sleep(attempt)
+    return HttpStore.open(uri, record.experiment_name())
 
 
 def connect_store(uri: str) -> Any:

@@ -14,7 +14,7 @@ import pytest
 
 from lineage import record, sqlite_store
 from lineage.sqlite_store import DirectStore, http_source, mlflow_head_revision
-from stages.tracking import ClientWriter, open_writer
+from stages.tracking import ClientWriter, Writer, open_writer
 
 EXPERIMENT = "taxi-trip-duration"
 TAGS = {
@@ -48,7 +48,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
     return uri, path
 
 
-def write(writer: DirectStore | ClientWriter) -> str:
+def write(writer: Writer) -> str:
     run_id = writer.create_run(TAGS, run_name="prepare@2025-01")
     writer.log_batch(run_id, params=PARAMS)
     writer.log_batch(run_id, metrics=METRICS, tags={"code/stages/prepare.py": "cc" * 16})
@@ -64,13 +64,9 @@ def test_head_revision_is_mlflows() -> None:
     assert mlflow_head_revision() == _get_latest_schema_revision()
 
 
-def test_a_direct_run_reads_back_as_mlflows_own(store: tuple[str, Path]) -> None:
-    uri, path = store
-    client = record.connect(uri)
-    direct = DirectStore.open(path, EXPERIMENT)
-    assert direct is not None
-    runs = [client.get_run(write(direct)), client.get_run(write(ClientWriter(client, uri)))]
-    ours, theirs = runs
+def assert_same_run(client, ours_id: str, theirs_id: str) -> None:
+    """Two runs of `write`, one by MLflow's client, read back alike through MLflow."""
+    ours, theirs = client.get_run(ours_id), client.get_run(theirs_id)
     for attribute in ("status", "run_name", "lifecycle_stage", "user_id", "experiment_id"):
         assert getattr(ours.info, attribute) == getattr(theirs.info, attribute), attribute
     assert ours.info.artifact_uri == theirs.info.artifact_uri.replace(
@@ -91,11 +87,19 @@ def test_a_direct_run_reads_back_as_mlflows_own(store: tuple[str, Path]) -> None
         )
 
     assert inputs(ours) == inputs(theirs) and len(inputs(ours)) == 2
-    # The lineage query finds the direct run as the producer, as it finds MLflow's.
+    # The lineage query finds our run as the producer, as it finds MLflow's.
     found = record.find_producer(
         client, [ours.info.experiment_id], "data/clean/trips_2025-01.parquet", "bb" * 16
     )
     assert found is not None
+
+
+def test_a_direct_run_reads_back_as_mlflows_own(store: tuple[str, Path]) -> None:
+    uri, path = store
+    client = record.connect(uri)
+    direct = DirectStore.open(path, EXPERIMENT)
+    assert direct is not None
+    assert_same_run(client, write(direct), write(ClientWriter(client, uri)))
 
 
 def test_what_mlflow_refuses_is_refused(store: tuple[str, Path]) -> None:

@@ -104,6 +104,34 @@ def test_a_model_trained_in_one_clone_is_traced_from_another(
     assert "up to date" in run(["dvc", "status"], clone, env).stdout
 
 
+def test_a_run_written_through_the_rest_api_reads_back_as_mlflows_own(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lineage.http_store against the team's MLflow server: the record a stage writes without
+    importing MLflow is the one MLflow's client writes; what the server refuses is refused."""
+    from lineage import record
+    from lineage.http_store import HttpStore, ServerError
+    from stages.common import EnvironmentRefusal
+    from stages.tracking import ClientWriter, open_writer
+    from tests.test_sqlite_store import assert_same_run, write
+
+    env = client_env(stack)
+    uri = env["MLFLOW_TRACKING_URI"]
+    monkeypatch.setenv(record.EXPERIMENT_ENV, "rest-api-writer")
+    ours = open_writer(uri)
+    assert isinstance(ours, HttpStore)
+    client = record.connect(uri)
+    assert_same_run(client, write(ours), write(ClientWriter(client, uri)))
+
+    run_id = ours.create_run({"stage": "x"}, run_name="x")
+    many = {f"code/stages/module_{i}.py": f"{i:032x}" for i in range(250)}  # 3 requests
+    ours.log_batch(run_id, params={"a": "1"}, tags=many)
+    assert many.items() <= client.get_run(run_id).data.tags.items()
+    with pytest.raises(ServerError, match="INVALID_PARAMETER_VALUE") as refused:
+        ours.log_batch(run_id, params={"a": "2"})
+    assert isinstance(refused.value, EnvironmentRefusal)  # a stage exits 74, not retried
+
+
 def test_a_stopped_tracking_server_fails_the_stage_fast_and_the_flow_retries(
     stack: Stack, project: Path, small_tlc: Path
 ) -> None:
