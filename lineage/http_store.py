@@ -21,9 +21,6 @@ import json
 import math
 import os
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -101,6 +98,12 @@ class HttpStore:
     def call(self, method: str, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """One API call; ServerError for a refusal, ServerUnavailableError once the retries
         for unreachable or overloaded servers are spent."""
+        # Here, not at the top: http.client and email cost every stage process 25-40 ms,
+        # and only a stage recording to a server makes these calls.
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
         url = f"{self.uri}{API}/{endpoint}"
         data = None
         if method == "GET":
@@ -215,8 +218,8 @@ def _pairs(values: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"key": k, "value": str(v)} for k, v in values.items()]
 
 
-def _refusal(exc: urllib.error.HTTPError, request: str) -> ServerError:
-    """The server's own error, as MLflow's client reports it (`error_code`: message)."""
+def _refusal(exc: Any, request: str) -> ServerError:
+    """The server's own error (an HTTPError), as MLflow's client reports it."""
     try:
         detail = json.loads(exc.read() or b"{}")
     except (ValueError, OSError):

@@ -32,7 +32,6 @@ import re
 import shutil
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,7 +284,7 @@ def local_artifact_path(uri: str) -> Path:
     for any other scheme (s3, mlflow-artifacts, http, ...)."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
-        return Path(urllib.request.url2pathname(parsed.path))
+        return Path(urllib.parse.unquote(parsed.path))  # url2pathname on POSIX
     if parsed.scheme == "" and uri:
         return Path(uri)
     raise NonLocalArtifacts(
