@@ -15,19 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stages import plot_images
-
-# Run as the stage, the image process starts before the imports below (pandas, numpy, the
-# model and registry code: about a second), so that matplotlib's import runs beside them on
-# the other core; started inside main(), evaluate waited 1-1.5 s for its images (FINDINGS,
-# issue 13 target 1). Imported (tests), nothing starts.
-EARLY_IMAGES = plot_images.start() if __name__ == "__main__" else None
-
 import numpy as np
 import pandas as pd
 
 from registry import champion
 from stages import model as models
+from stages import plot_images
 from stages.common import (
     BadInputError,
     EvaluateParams,
@@ -116,11 +109,7 @@ def main(argv: list[str] | None) -> None:
     }
     inputs = [*feature_paths.values(), args.encoders, args.model]
     inputs += [path for paths in clean_paths.values() for path in paths]
-    # The images' process first: it imports matplotlib while this one scores the splits.
-    with (
-        plot_images.renderer(EARLY_IMAGES) as images,
-        stage_run("evaluate", params, inputs=inputs, client=True) as run,
-    ):
+    with stage_run("evaluate", params, inputs=inputs, client=True) as run:
         encoders = read_json(args.encoders)
         model = models.load(args.model)
         metrics, parts = {}, {}
@@ -140,10 +129,10 @@ def main(argv: list[str] | None) -> None:
             table.to_csv(plot_files[name], index=False)
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as png_dir:
-            pngs = images.render(plot_files, Path(png_dir))
+        with tempfile.TemporaryDirectory() as image_dir:
+            images = plot_images.draw(plot_files, Path(image_dir))
             model_run = run.producer_of(args.model)
-            run.report_to(model_run, pngs, "plots", version_metrics=metrics)
+            run.report_to(model_run, images, "plots", version_metrics=metrics)
         registered = run.model_version_of(model_run)
         if registered is None:
             log.warning("%s: no registered version of this model: no champion decision", args.model)

@@ -1,168 +1,180 @@
-"""PNG images of evaluate's DVC plots, for its MLflow runs (the UI shows images, not CSV).
+"""SVG images of evaluate's DVC plots, for its MLflow runs (the UI shows images, not CSV).
 
-Drawn in a process of their own that evaluate starts first thing, before its own imports:
-importing matplotlib (0.5-1 s, more than drawing the three figures) then runs on the other
-core while evaluate imports pandas and scores the splits, instead of after it. The process
-imports neither pandas nor any project module; it reads one JSON line on stdin,
-`{"tables": {name: csv}, "directory": dir}` (the plot tables evaluate wrote, absolute paths),
-draws from the CSV files and answers with the PNGs' paths as one JSON line on stdout. An empty
-stdin (evaluate stopped before its tables) draws nothing.
+Written as text by this module, not drawn by matplotlib: importing matplotlib cost 0.5-1 s, so
+evaluate ran it in a process of its own and still waited for it about 0.8 s (FINDINGS, issue
+13 target 1); three charts of points and lines are a few hundred lines of SVG. Reads the plot
+tables evaluate wrote (CSV), imports nothing beyond the standard library.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
-import logging
-import subprocess
-import sys
-from collections.abc import Iterator
+import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from xml.sax.saxutils import escape
 
 SCATTER = "predicted_vs_actual"
 LINES = (("residuals_by_hour", "hour"), ("residuals_by_distance", "distance_bucket"))
 DRAWN = (SCATTER, *(name for name, _ in LINES))  # the tables drawn, in this order
-# A stuck renderer fails evaluate instead of holding the pipeline (three small figures take
-# well under a second once matplotlib is imported).
-RENDER_TIMEOUT_SECONDS = 120.0
+# One colour per split, in the order of their names (matplotlib's first three).
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+FONT = 'font-family="DejaVu Sans, Arial, sans-serif" font-size="12"'
 
 
-class RenderError(RuntimeError):
-    """The image process failed or did not answer; the message says how."""
-
-
-def read_table(path: Path) -> dict[str, list[dict[str, str]]]:
-    """A plot table's rows by split, splits in name order (as pandas' groupby gives them)."""
+def read_table(path: Path, columns: Sequence[str]) -> dict[str, list[dict[str, str]]]:
+    """A plot table's rows by split, splits in name order; ValueError naming the file and the
+    column when one the chart needs is missing."""
     by_split: dict[str, list[dict[str, str]]] = {}
     with open(path, newline="") as rows:
-        for row in csv.DictReader(rows):
+        reader = csv.DictReader(rows)
+        missing = [c for c in ("split", *columns) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(missing)} (plot table)")
+        for row in reader:
             by_split.setdefault(row["split"], []).append(row)
     return dict(sorted(by_split.items()))
 
 
-def draw(tables: dict[str, Path], directory: Path) -> list[Path]:
-    """The PNG of each plot table in `directory`: predicted against actual minutes, and the
-    RMSE by pickup hour and by distance bucket, one series per split."""
-    # Figures made directly, not through pyplot: no backend, no global figure registry, and
-    # pyplot's import (0.1-0.2 s) left out.
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-
-    paths = []
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    for split, rows in read_table(tables[SCATTER]).items():
-        # Arrays, not lists: matplotlib masks a list point by point (0.1 s for 4,500 points).
-        actual = np.array([r["actual"] for r in rows], dtype=float)
-        predicted = np.array([r["predicted"] for r in rows], dtype=float)
-        ax.scatter(actual, predicted, s=3, alpha=0.4, label=split)
-    ax.plot([0, 60], [0, 60], color="black", linewidth=0.8)
-    ax.set(xlabel="actual (min)", ylabel="predicted (min)", title="Predicted vs actual")
-    # A fixed corner: "best" tests every point against every candidate place when drawn.
-    ax.legend(loc="upper left")
-    paths.append(directory / f"{SCATTER}.png")
-    fig.savefig(paths[-1], dpi=100)
-    for name, x in LINES:
-        fig = Figure(figsize=(7, 4))
-        ax = fig.subplots()
-        for split, rows in read_table(tables[name]).items():
-            ax.plot([r[x] for r in rows], [float(r["rmse"]) for r in rows], marker="o", label=split)
-        ax.set(xlabel=x, ylabel="RMSE (min)", title=f"RMSE by {x}")
-        ax.tick_params(axis="x", labelrotation=45)
-        ax.legend()
-        # Fixed margins that fit the rotated bucket labels: tight_layout measured every tick
-        # label's extent first, a third of the drawing time.
-        fig.subplots_adjust(left=0.09, right=0.98, top=0.92, bottom=0.27)
-        paths.append(directory / f"{name}.png")
-        fig.savefig(paths[-1], dpi=100)
-    return paths
-
-
-class Renderer:
-    """The running image process of one evaluate run."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
-
-    def render(
-        self, tables: dict[str, Path], directory: Path, timeout: float = RENDER_TIMEOUT_SECONDS
-    ) -> list[Path]:
-        """Hand the tables over and wait for the images."""
-        request = {
-            "tables": {name: str(Path(path).resolve()) for name, path in tables.items()},
-            "directory": str(Path(directory).resolve()),
-        }
-        try:
-            out, err = self.process.communicate(json.dumps(request) + "\n", timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise RenderError(
-                f"plot images ({' '.join(self.process.args[1:])}): no answer in {timeout:g} s"
-            ) from None
-        if self.process.returncode != 0:
-            last = (err.strip().splitlines() or ["no message"])[-1]
-            raise RenderError(
-                f"plot images ({' '.join(self.process.args[1:])}) exited "
-                f"{self.process.returncode}: {last}"
-            )
-        return [Path(p) for p in json.loads(out)]
-
-
-def start() -> subprocess.Popen:
-    """The image process, started now: it imports matplotlib while the caller works. If the
-    caller dies first, the process reads the end of its stdin and exits without drawing."""
-    return subprocess.Popen(
-        [sys.executable, "-m", __name__],
-        cwd=Path(__file__).resolve().parents[1],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@contextlib.contextmanager
-def renderer(process: subprocess.Popen | None = None) -> Iterator[Renderer]:
-    """The image process (`process`, one start() gave earlier, or one started now), never
-    left behind: stopped on the way out if the caller did not use it."""
-    process = process or start()
+def number(path: Path, row: dict[str, str], column: str) -> float:
     try:
-        yield Renderer(process)
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()  # the process then exits without drawing
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        return float(row[column])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {column} {row[column]!r} is not a number") from None
 
 
-def main() -> None:
-    # The imports are the slow part: done before the wait for evaluate's tables (savefig
-    # draws a PNG with the Agg canvas).
-    import importlib
-
-    for module in ("matplotlib.figure", "matplotlib.backends.backend_agg"):
-        importlib.import_module(module)
-
-    line = sys.stdin.readline()
-    if not line.strip():
-        return
-    request: dict[str, Any] = json.loads(line)
-    tables = {name: Path(path) for name, path in request["tables"].items()}
-    paths = draw(tables, Path(request["directory"]))
-    sys.stdout.write(json.dumps([str(p) for p in paths]) + "\n")
+def nice_ticks(high: float, count: int = 5) -> list[float]:
+    """Round tick values from 0 to at least `high`: steps of 1, 2 or 5 times a power of ten."""
+    if high <= 0 or not math.isfinite(high):
+        return [0.0, 1.0]
+    raw = high / count
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
 
 
-if __name__ == "__main__":
-    main()
+class Chart:
+    """One SVG chart: a plot area with axes from 0 on y (and x when numeric), ticks, a title,
+    axis labels and a legend of the splits."""
+
+    def __init__(
+        self, width: int, height: int, title: str, labels: tuple[str, str], below: int = 50
+    ):
+        """`labels`: the x and y axes'; `below`: the room under the plot area for the x
+        axis's tick labels and label (rotated bucket labels need about 100 pixels)."""
+        x_label, y_label = labels
+        self.width, self.height = width, height
+        self.left, self.right, self.top, self.bottom = 60, width - 15, 35, height - below
+        self.parts = [
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" {FONT}>',
+            f'<rect width="{width}" height="{height}" fill="white"/>',
+            f'<text x="{width / 2:g}" y="20" text-anchor="middle" font-size="14">'
+            f"{escape(title)}</text>",
+            f'<text x="{(self.left + self.right) / 2:g}" y="{height - 8}" '
+            f'text-anchor="middle">{escape(x_label)}</text>',
+            f'<text transform="translate(14 {(self.top + self.bottom) / 2:g}) rotate(-90)" '
+            f'text-anchor="middle">{escape(y_label)}</text>',
+        ]
+
+    def x(self, fraction: float) -> float:
+        return self.left + fraction * (self.right - self.left)
+
+    def y(self, fraction: float) -> float:
+        return self.bottom - fraction * (self.bottom - self.top)
+
+    def axes(self, x_ticks: list[tuple[float, str]], y_ticks: list[float], rotate: bool) -> None:
+        """Axis lines, and ticks at fractions of the plot area with their labels."""
+        top = y_ticks[-1]
+        for value in y_ticks:
+            y = self.y(value / top)
+            self.parts.append(
+                f'<line x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}" '
+                f'stroke="#dddddd"/><text x="{self.left - 5}" y="{y + 4:.1f}" '
+                f'text-anchor="end">{value:g}</text>'
+            )
+        for fraction, label in x_ticks:
+            x, y = self.x(fraction), self.bottom + 16
+            turn = f' transform="rotate(-45 {x:.1f} {y})" text-anchor="end"' if rotate else ""
+            anchor = "" if rotate else ' text-anchor="middle"'
+            self.parts.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.bottom}" y2="{self.bottom + 4}" '
+                f'stroke="black"/><text x="{x:.1f}" y="{y}"{turn}{anchor}>{escape(label)}</text>'
+            )
+        self.parts.append(
+            f'<polyline points="{self.left},{self.top} {self.left},{self.bottom} '
+            f'{self.right},{self.bottom}" fill="none" stroke="black"/>'
+        )
+
+    def legend(self, names: Sequence[str]) -> None:
+        for i, name in enumerate(names):
+            y = self.top + 12 + 16 * i
+            self.parts.append(
+                f'<circle cx="{self.left + 14}" cy="{y - 4}" r="4" fill="{COLOURS[i]}"/>'
+                f'<text x="{self.left + 22}" y="{y}">{escape(name)}</text>'
+            )
+
+    def write(self, path: Path) -> Path:
+        path.write_text("\n".join([*self.parts, "</svg>"]) + "\n")
+        return path
+
+
+def scatter(table: Path, path: Path) -> Path:
+    """Predicted against actual minutes, one colour per split, and the diagonal."""
+    by_split = read_table(table, ("actual", "predicted"))
+    points = {
+        split: [(number(table, r, "actual"), number(table, r, "predicted")) for r in rows]
+        for split, rows in by_split.items()
+    }
+    high = max((max(a, p) for pairs in points.values() for a, p in pairs), default=1.0)
+    ticks = nice_ticks(high)
+    top = ticks[-1]
+    chart = Chart(500, 500, "Predicted vs actual", ("actual (min)", "predicted (min)"))
+    chart.axes([(t / top, f"{t:g}") for t in ticks], ticks, rotate=False)
+    for colour, pairs in zip(COLOURS, points.values(), strict=False):
+        chart.parts.append(f'<g fill="{colour}" fill-opacity="0.4">')
+        chart.parts += [
+            f'<circle cx="{chart.x(a / top):.1f}" cy="{chart.y(p / top):.1f}" r="1.5"/>'
+            for a, p in pairs
+        ]
+        chart.parts.append("</g>")
+    chart.parts.append(
+        f'<line x1="{chart.x(0)}" y1="{chart.y(0)}" x2="{chart.x(1)}" y2="{chart.y(1)}" '
+        f'stroke="black" stroke-width="0.8"/>'
+    )
+    chart.legend(list(points))
+    return chart.write(path)
+
+
+def lines(table: Path, x: str, path: Path) -> Path:
+    """RMSE by `x` (hour, distance bucket: categories in the table's order), one line per
+    split."""
+    by_split = read_table(table, (x, "rmse"))
+    categories = list(dict.fromkeys(r[x] for rows in by_split.values() for r in rows))
+    place = {c: (i + 0.5) / len(categories) for i, c in enumerate(categories)}
+    series = {
+        split: [(place[r[x]], number(table, r, "rmse")) for r in rows]
+        for split, rows in by_split.items()
+    }
+    high = max((v for values in series.values() for _, v in values), default=1.0)
+    ticks = nice_ticks(high)
+    top = ticks[-1]
+    chart = Chart(700, 450, f"RMSE by {x}", (x, "RMSE (min)"), below=110)
+    chart.axes([(place[c], c) for c in categories], ticks, rotate=True)
+    for colour, values in zip(COLOURS, series.values(), strict=False):
+        coordinates = [(chart.x(f), chart.y(v / top)) for f, v in values]
+        joined = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coordinates)
+        chart.parts.append(f'<polyline points="{joined}" fill="none" stroke="{colour}"/>')
+        chart.parts += [
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="3" fill="{colour}"/>' for cx, cy in coordinates
+        ]
+    chart.legend(list(series))
+    return chart.write(path)
+
+
+def draw(tables: dict[str, Path], directory: Path) -> list[Path]:
+    """The SVG of each plot table in `directory`: predicted against actual minutes, and the
+    RMSE by pickup hour and by distance bucket, one series per split."""
+    paths = [scatter(tables[SCATTER], directory / f"{SCATTER}.svg")]
+    paths += [lines(tables[name], x, directory / f"{name}.svg") for name, x in LINES]
+    return paths

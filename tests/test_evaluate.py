@@ -1,4 +1,4 @@
-"""evaluate's pure parts and its image process, on real months."""
+"""evaluate's pure parts and its SVG images, on real months."""
 
 from __future__ import annotations
 
@@ -56,26 +56,39 @@ def tables(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     return paths
 
 
-def test_the_image_process_draws_every_plot(tables: dict[str, Path], tmp_path: Path):
-    with plot_images.renderer() as images:
-        pngs = images.render(tables, tmp_path)
-    assert [p.name for p in pngs] == [f"{name}.png" for name in plot_images.DRAWN]
-    for png in pngs:
-        assert png.parent == tmp_path.resolve()
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+def test_every_plot_is_drawn_as_an_svg_of_its_table(tables: dict[str, Path], tmp_path: Path):
+    import xml.etree.ElementTree as ET
+
+    images = plot_images.draw(tables, tmp_path)
+    assert [p.name for p in images] == [f"{name}.svg" for name in plot_images.DRAWN]
+    svg = "{http://www.w3.org/2000/svg}"
+    scatter = ET.parse(images[0]).getroot()  # well-formed XML, or this raises
+    splits = pd.read_csv(tables[plot_images.SCATTER]).groupby("split").size()
+    groups = scatter.findall(f"{svg}g")
+    assert [len(g.findall(f"{svg}circle")) for g in groups] == list(splits)
+    texts = {t.text for t in scatter.iter(f"{svg}text")}
+    assert {"actual (min)", "predicted (min)", *splits.index} <= texts
+    for image, (name, x) in zip(images[1:], plot_images.LINES, strict=True):
+        root = ET.parse(image).getroot()
+        table = pd.read_csv(tables[name])
+        lines = root.findall(f"{svg}polyline")[1:]  # after the axes
+        assert [len(line.get("points").split()) for line in lines] == list(
+            table.groupby("split").size()
+        )
+        assert set(table[x].astype(str)) <= {t.text for t in root.iter(f"{svg}text")}
 
 
-def test_the_image_process_names_what_failed(tables: dict[str, Path], tmp_path: Path):
+def test_a_plot_table_that_is_not_numbers_is_named(tables: dict[str, Path], tmp_path: Path):
     broken = tmp_path / "broken.csv"
-    broken.write_text("split,actual\nvalidation,not-a-number\n")
-    with plot_images.renderer() as images, pytest.raises(plot_images.RenderError) as failed:
-        images.render(tables | {plot_images.SCATTER: broken}, tmp_path)
-    message = str(failed.value)
-    assert "plot images (-m stages.plot_images) exited 1" in message
-    assert "not-a-number" in message or "predicted" in message
+    broken.write_text("split,actual,predicted\nvalidation,not-a-number,3\n")
+    with pytest.raises(ValueError, match=r"broken\.csv: actual 'not-a-number' is not a number"):
+        plot_images.draw(tables | {plot_images.SCATTER: broken}, tmp_path)
+    broken.write_text("split,actual\nvalidation,3\n")
+    with pytest.raises(ValueError, match=r"broken\.csv: no column predicted"):
+        plot_images.draw(tables | {plot_images.SCATTER: broken}, tmp_path)
 
 
-def test_an_unused_image_process_is_not_left_behind():
-    with plot_images.renderer() as images:
-        process = images.process
-    assert process.poll() is not None
+def test_ticks_are_round_and_cover_the_data():
+    assert plot_images.nice_ticks(47.3) == [0, 10, 20, 30, 40, 50]
+    assert plot_images.nice_ticks(4.7) == [0, 1, 2, 3, 4, 5]
+    assert plot_images.nice_ticks(0.0) == [0.0, 1.0]

@@ -145,7 +145,7 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
     assert stages["train"].data.params["model.alpha"] == "1.0"
     assert "validation.rmse" in stages["train"].data.metrics  # evaluate reported to the model run
     artifacts = {a.path for a in client.list_artifacts(stages["train"].info.run_id, "plots")}
-    assert "plots/predicted_vs_actual.png" in artifacts
+    assert "plots/predicted_vs_actual.svg" in artifacts
     model_files = {a.path for a in client.list_artifacts(stages["train"].info.run_id, "model")}
     assert model_files == {
         f"model/{name}"
