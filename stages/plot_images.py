@@ -11,8 +11,8 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Sequence
+from html import escape as html_escape
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 SCATTER = "predicted_vs_actual"
 LINES = (("residuals_by_hour", "hour"), ("residuals_by_distance", "distance_bucket"))
@@ -20,6 +20,11 @@ DRAWN = (SCATTER, *(name for name, _ in LINES))  # the tables drawn, in this ord
 # One colour per split, in the order of their names (matplotlib's first three).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
 FONT = 'font-family="DejaVu Sans, Arial, sans-serif" font-size="12"'
+
+
+def escape(text: str) -> str:
+    """Text for an SVG element (html's escape: xml.sax.saxutils imports http.client)."""
+    return html_escape(text, quote=False)
 
 
 def read_table(path: Path, columns: Sequence[str]) -> dict[str, list[dict[str, str]]]:
