@@ -242,7 +242,7 @@ def experiment_name() -> str:
     return os.environ.get(EXPERIMENT_ENV, DEFAULT_EXPERIMENT)
 
 
-def check_http(uri: str) -> None:
+def _check_http(uri: str) -> None:
     """GET /health with a short timeout: a hung server is found in seconds, not minutes."""
     import urllib.error  # only for a server: http.client costs every stage 25-40 ms
     import urllib.request
@@ -256,6 +256,22 @@ def check_http(uri: str) -> None:
         raise
     except TimeoutError as exc:
         raise TimeoutError(f"no answer within {HEALTH_TIMEOUT_SECONDS:g} s") from exc
+
+
+def wait_for_server(uri: str) -> None:
+    """_check_http until the tracking server answers: TrackingUnavailableError after
+    CONNECT_ATTEMPTS (about 10 s for a dead or hung server)."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            _check_http(uri)
+            return
+        except OSError as exc:
+            if attempt == CONNECT_ATTEMPTS:
+                raise TrackingUnavailableError(
+                    f"MLflow tracking store {uri} did not answer after {attempt} attempts: "
+                    f"{_first_line(exc)}"
+                ) from None
+            time.sleep(attempt)
 
 
 @contextlib.contextmanager
@@ -287,11 +303,11 @@ def connect(uri: str | None = None, create: bool = True) -> Any:
     # MLflow logs a store error with its whole traceback before raising it; the caller
     # reports it in one line (TrackingStoreError, or the stage's CANNOT WRITE / TRANSIENT).
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    if uri.startswith(("http://", "https://")):
+        wait_for_server(uri)
     error: Exception | None = None
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
-            if uri.startswith(("http://", "https://")):
-                check_http(uri)
             with _store_creation_lock(uri):
                 import mlflow
                 from mlflow.tracking import MlflowClient

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -238,6 +239,7 @@ class Section:
     (`model.alpha=1e309` fails here, not after the fit) and values outside their Rule."""
 
     @classmethod
+    @functools.cache
     def param_types(cls) -> dict[str, Any]:
         """Each param's declared type, by name, in the order of the section."""
         hints = typing.get_type_hints(cls, include_extras=True)
@@ -263,9 +265,8 @@ class Section:
             if message:
                 problems.append(f"{where}: {message} (got {raw[f.name]!r})")
             values[f.name] = value
-        names = {f.name for f in dataclasses.fields(cls)}
         problems.extend(
-            f"{key}.{k}: not a param here (got {raw[k]!r})" for k in raw if k not in names
+            f"{key}.{k}: not a param here (got {raw[k]!r})" for k in raw if k not in kinds
         )
         if len(problems) > found:
             return None
@@ -425,10 +426,6 @@ SECTIONS: dict[str, type[Section]] = {
 }
 
 
-def invalid_params(path: Path | str, problems: list[str]) -> BadInputError:
-    return BadInputError(f"{path}: invalid params:\n  " + "\n  ".join(problems))
-
-
 def parse_section(name: str, raw: Any, path: Path | str = PARAMS_FILE) -> Any:
     """Validate one params section; the error names every offending key and what was expected."""
     if name not in SECTIONS:
@@ -438,7 +435,7 @@ def parse_section(name: str, raw: Any, path: Path | str = PARAMS_FILE) -> Any:
     problems: list[str] = []
     section = SECTIONS[name].from_raw(raw, name, problems)
     if section is None:
-        raise invalid_params(path, problems)
+        raise BadInputError(f"{path}: invalid params:\n  " + "\n  ".join(problems))
     return section
 
 

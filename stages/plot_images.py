@@ -68,7 +68,6 @@ class Chart:
         """`labels`: the x and y axes'; `below`: the room under the plot area for the x
         axis's tick labels and label (rotated bucket labels need about 100 pixels)."""
         x_label, y_label = labels
-        self.width, self.height = width, height
         self.left, self.right, self.top, self.bottom = 60, width - 15, 35, height - below
         self.parts = [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '

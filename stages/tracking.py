@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from lineage import http_store, record
-from lineage.http_store import HttpStore
 from lineage.pyfunc_folder import NotMirroredError, save_pyfunc_folder
 from lineage.sqlite_client import SqliteClient
 from lineage.sqlite_store import DirectStore, create_store, http_source
@@ -193,7 +192,7 @@ class ClientWriter:
         pass
 
 
-Writer = DirectStore | HttpStore | ClientWriter
+Writer = DirectStore | http_store.HttpStore | ClientWriter
 
 
 def open_writer(uri: str) -> Writer:
@@ -616,22 +615,15 @@ def stage_run(
             writer.close()
 
 
-def connect_server(uri: str) -> HttpStore:
-    """The tracking server's REST API with the pipeline's experiment in place, after the
-    health check record.connect makes: TransientError when the server does not answer
-    (seconds, not minutes); a refusal (a 403, a bad request) is an EnvironmentRefusal."""
-    for attempt in range(1, record.CONNECT_ATTEMPTS + 1):
-        try:
-            record.check_http(uri)
-            break
-        except OSError as exc:
-            if attempt == record.CONNECT_ATTEMPTS:
-                raise TransientError(
-                    f"MLflow tracking store {uri} did not answer after {attempt} attempts: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from None
-            time.sleep(attempt)
-    return HttpStore.open(uri, record.experiment_name())
+def connect_server(uri: str) -> http_store.HttpStore:
+    """The tracking server's REST API with the pipeline's experiment in place, once it answers
+    record.connect's health check (TransientError when it does not: seconds, not minutes); a
+    refusal (a 403, a bad request) is an EnvironmentRefusal."""
+    try:
+        record.wait_for_server(uri)
+    except record.TrackingUnavailableError as exc:
+        raise TransientError(str(exc)) from None
+    return http_store.HttpStore.open(uri, record.experiment_name())
 
 
 def connect_store(uri: str) -> Any:
