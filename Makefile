@@ -37,11 +37,13 @@ prefect-stop: ## stop that server now (it also stops after 30 min without a run)
 # wait on dvc, servers and subprocesses: 2 processes on 2 cores took 1,410 s, 1 took 2,299 s.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+
 test: env ## run every test, the slow end-to-end ones included
-	$(UV) run --frozen pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(UV) run --frozen pytest -m "slow or not slow" $(PARALLEL) --durations=25
 
 test-fast: env ## run the unit tests only
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest $(PARALLEL)
 
 lint: env ## ruff lint and format check
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
