@@ -165,7 +165,10 @@ def free_ports(count: int) -> list[int]:
     """Free ports below the kernel's ephemeral range, which outgoing connections (the
     services' own clients among them) would otherwise share with the servers."""
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random(os.getpid())
+    # From the OS's entropy: a generator seeded by the process id gave every call of one
+    # process the same ports, so a second stack, or a retry after a port was taken, chose
+    # the ports the first one had.
+    rng = random.SystemRandom()
     ports: list[int] = []
     while len(ports) < count:
         port = rng.randrange(20000, low)

@@ -77,13 +77,12 @@ def _kill_leftovers(root: Path) -> None:
             pass
 
 
-@contextlib.contextmanager
-def running_stack() -> Iterator[Stack]:
-    # Not tmp_path: pytest's base folder is mode 0700 and the postgres user must pass through
-    # to its cluster. A short path also keeps the unix sockets under their length limit.
-    parent = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
-    parent.chmod(0o711)
-    root = parent / "s"
+PORT_TAKEN = "is in use by another program"
+UP_ATTEMPTS = 3
+
+
+def _stack_env(root: Path) -> dict[str, str]:
+    """The stack's settings on newly chosen free ports."""
     ports = free_ports(len(PORTS))
     # nothing of a developer's sourced .services/env or own settings reaches the stack
     clients = ("MLFLOW_", "PREFECT_", "AWS_", "TAXI_", "SERVICES_")
@@ -92,10 +91,33 @@ def running_stack() -> Iterator[Stack]:
     env.update(SERVICES_DIR=str(root), SERVICES_WORKER_PREFIX="test", SERVICES_START_TIMEOUT="240")
     # A run whose process died is marked Crashed after 45 s without a heartbeat (default 90).
     env.update(SERVICES_ZOMBIE_SECONDS="45")
-    began = time.monotonic()
-    proc = cli(env, "up", timeout=600)
-    cold = time.monotonic() - began
+    return env
+
+
+@contextlib.contextmanager
+def running_stack() -> Iterator[Stack]:
+    # Not tmp_path: pytest's base folder is mode 0700 and the postgres user must pass through
+    # to its cluster. A short path also keeps the unix sockets under their length limit.
+    parent = Path(tempfile.mkdtemp(prefix="svc-", dir="/tmp"))
+    parent.chmod(0o711)
+    root = parent / "s"
+    env = _stack_env(root)
     try:
+        began = time.monotonic()
+        for attempt in range(1, UP_ATTEMPTS + 1):
+            proc = cli(env, "up", timeout=600)
+            # A free port can be taken between its choice and its server's start by any
+            # process on the machine (the test files run in parallel, each with its own
+            # stack): stop what started and try again on other ports.
+            if proc.returncode == 0 or PORT_TAKEN not in proc.stderr or attempt == UP_ATTEMPTS:
+                break
+            taken = next(line for line in proc.stderr.splitlines() if PORT_TAKEN in line)
+            print(f"\nservices up, attempt {attempt}: {taken.strip()}")
+            cli(env, "down", timeout=120)
+            _kill_leftovers(root)
+            root = parent / f"s{attempt + 1}"  # a new folder: nothing of the first attempt
+            env = _stack_env(root)
+        cold = time.monotonic() - began
         if proc.returncode != 0:
             pytest.fail(f"services up exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         timing("python -m services up (cold: initdb, migrations)", cold)
