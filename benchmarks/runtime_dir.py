@@ -21,10 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.overhead import back_to_earlier_params, project_env, timed
+from benchmarks.overhead import ROOT, back_to_earlier_params, project_env, timed
 from workspaces.scratch import scratch_project
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = (
     "lineage/__init__.py",
     "lineage/http_store.py",
