@@ -62,7 +62,8 @@ def repro_stage(
     experiment_name: str | None = None,
     force: bool = False,
 ) -> Any:
-    """`dvc repro --single-item <stage>`, its output streamed into the Prefect log.
+    """`dvc repro --single-item <stage>`, its output streamed into the Prefect log; run by the
+    flow run's DVC process (repro.dvc_process), not a process of its own.
 
     `unchanged`: DVC already found the stage and everything upstream unchanged; no process.
     `force`: run it even so (`--force`): an ingest whose source republished the month.
@@ -77,8 +78,8 @@ def repro_stage(
     if experiment_name:  # the stage runs record it as under `dvc exp run` (dvc_exp_name)
         env["DVC_EXP_NAME"] = experiment_name
     started = time.perf_counter()
-    result = repro.run_command(
-        ["dvc", "repro", "--single-item", *(["--force"] if force else []), stage],
+    result = repro.run_dvc(
+        ["repro", "--single-item", *(["--force"] if force else []), stage],
         Path(workspace),
         env,
         timeout_seconds,
@@ -132,8 +133,8 @@ def push_outputs(workspace: str, timeout_seconds: float) -> dict[str, Any]:
         logger.info("no DVC remote: nothing pushed")
         return {"remote": None, "status": "skipped"}
     started = time.perf_counter()
-    result = repro.run_command(
-        ["dvc", "push", "--remote", remote],
+    result = repro.run_dvc(
+        ["push", "--remote", remote],
         Path(workspace),
         os.environ,
         timeout_seconds,
@@ -188,7 +189,10 @@ def pipeline(
         # The command line's handler over the SIGTERM bridge Prefect installs for a flow run
         # (restored when the run ends): a `kill` is remembered like a Ctrl-C.
         signal.signal(signal.SIGTERM, repro.interrupt)
-    with workspace_lock(repo, f"flow run {flow_run.name} ({run_id})"):
+    with (
+        workspace_lock(repo, f"flow run {flow_run.name} ({run_id})"),
+        repro.dvc_process(repo) as dvc,
+    ):
         original_params = (repo / PARAMS_FILE).read_bytes()
         lock_file = repo / record.LOCK_FILE
         original_lock = lock_file.read_bytes() if lock_file.is_file() else None
@@ -197,7 +201,6 @@ def pipeline(
         outcomes = []
         saved = None
         reader = None
-        pushed: dict[str, Any] = {"status": "skipped", "remote": None}
         try:
             if overrides:
                 experiments.apply_overrides(repo, overrides)
@@ -207,6 +210,7 @@ def pipeline(
             planned = stages or repro.stage_plan(repo)
             forced = _forced(reingest, planned)
             if experiment or forced or any(stage.changed for stage in planned):
+                dvc.start()  # DVC's imports overlap the record reader's
                 reader = report.RecordReader(repo)  # opened while the stages run
             for stage in planned:
                 repro.check_interrupted()
@@ -231,15 +235,7 @@ def pipeline(
             if name:
                 saved = experiments.save_experiment(repo, name, os.environ)
                 get_run_logger().info("saved DVC experiment %s", saved)
-            team = team_remote_in(os.environ)
-            if dvc_remote == "" and not team and ran:
-                get_run_logger().info("no DVC remote: nothing pushed")
-            elif ran or team:
-                # In team mode every run pushes (a no-op when the bucket has everything), so
-                # the outputs of a run whose push failed for good reach the team next time.
-                pushed = push_outputs.with_options(retries=retries)(
-                    str(repo), stage_timeout_seconds
-                )
+            pushed = _push(repo, dvc_remote, bool(ran), retries, stage_timeout_seconds)
         except BaseException:
             stopped = repro.stop_all(repo)  # before params.yaml changes under a running stage
             if experiment:
@@ -262,6 +258,20 @@ def pipeline(
         "mlflow": summary["mlflow"],
         "upstream": _upstream_notice(repo),
     }
+
+
+def _push(
+    repo: Path, dvc_remote: str | None, ran: bool, retries: int, timeout_seconds: float
+) -> dict[str, Any]:
+    """The run's outputs pushed to the DVC remote when there is something to push."""
+    team = team_remote_in(os.environ)
+    if dvc_remote == "" and not team and ran:
+        get_run_logger().info("no DVC remote: nothing pushed")
+    elif ran or team:
+        # In team mode every run pushes (a no-op when the bucket has everything), so the
+        # outputs of a run whose push failed for good reach the team next time.
+        return push_outputs.with_options(retries=retries)(str(repo), timeout_seconds)
+    return {"status": "skipped", "remote": None}
 
 
 def _upstream_notice(repo: Path) -> list[str]:

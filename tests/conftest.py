@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,26 @@ def run(
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for a reaper that may never come)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def dvc_project(path: Path, commands: dict[str, str]) -> Path:
+    """A DVC project (no git) in `path`, a stage per name running its shell command: what DVC
+    does around a stage's process, without the pipeline. No deps: DVC runs them every time."""
+    path.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], path)
+    run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], path)
+    stages = {name: {"cmd": cmd} for name, cmd in commands.items()}
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    return path
 
 
 def project_env(small_tlc: Path, repo: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from stages.common import BadInputError, file_md5
-from tests.conftest import run
+from tests.conftest import dvc_project, run, running
 from workspaces import experiments, repro
 
 STAGES = [
@@ -58,15 +58,6 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for a reaper that may never come)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def task_runs(flow_run_id: str) -> dict[str, object]:
@@ -155,16 +146,19 @@ def test_classify_reads_dvc_and_stage_messages() -> None:
 
 def test_timeout_stops_the_whole_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
+    project = dvc_project(
+        tmp_path / "project", {"slow": f"sleep 60 & echo $! > {pid_file}; echo started; wait"}
+    )
     started = time.monotonic()
-    result = repro.run_command(
-        ["sh", "-c", f"sleep 60 & echo $! > {pid_file}; echo started; wait"],
-        tmp_path,
+    result = repro.run_dvc(
+        ["repro", "--single-item", "slow"],
+        project,
         os.environ,
-        timeout=1.0,
+        timeout=8.0,
         on_line=lambda line: None,
     )
-    assert result.timed_out and result.lines == ["started"]
-    assert time.monotonic() - started < 15
+    assert result.timed_out and "started" in result.lines, result.lines
+    assert time.monotonic() - started < 8 + 10  # the timeout and the grace at most
     child = int(pid_file.read_text())
     time.sleep(0.2)
     assert not running(child)  # the grandchild went with its group
@@ -190,30 +184,31 @@ def _stop_one_of_two_workspaces(tmp_path: Path) -> None:
     import threading
 
     results: dict[str, repro.CommandResult] = {}
-    workspaces = {name: tmp_path / name for name in ("failing", "other")}
+    command = {"step": "echo started; sleep 5; echo done"}
+    workspaces = {name: dvc_project(tmp_path / name, command) for name in ("failing", "other")}
     started = {name: threading.Event() for name in workspaces}
-    for path in workspaces.values():
-        path.mkdir()
 
     def stage(name: str) -> None:
-        results[name] = repro.run_command(
-            ["sh", "-c", "echo started; sleep 3; echo done"],
-            workspaces[name],
-            os.environ,
-            timeout=60,
-            on_line=lambda line: line == "started" and started[name].set(),
-        )
+        with repro.dvc_process(workspaces[name]):
+            results[name] = repro.run_dvc(
+                ["repro", "--single-item", "step"],
+                workspaces[name],
+                os.environ,
+                timeout=120,
+                on_line=lambda line: line == "started" and started[name].set(),
+            )
 
     threads = [threading.Thread(target=stage, args=(name,)) for name in workspaces]
     for thread in threads:
         thread.start()
     # Stopped once both commands run (not after a fixed second: a slow machine).
-    assert all(event.wait(30) for event in started.values())
+    assert all(event.wait(60) for event in started.values())
     assert repro.stop_all(workspaces["failing"]) == 1
     for thread in threads:
         thread.join()
-    assert results["failing"].lines == ["started"] and results["failing"].returncode != 0
-    assert results["other"].lines == ["started", "done"] and results["other"].returncode == 0
+    failing, other = results["failing"], results["other"]
+    assert "started" in failing.lines and "done" not in failing.lines and failing.returncode != 0
+    assert "done" in other.lines and other.returncode == 0, other.lines
 
 
 def test_override_args_are_dvc_exp_run_set_syntax() -> None:

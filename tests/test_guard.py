@@ -9,22 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc_project
 
 PARENT = """
 import os, sys
 from pathlib import Path
-from workspaces.repro import run_command
-run_command(
-    ["sh", "-c", "sleep 300 & echo $! > {pid_file}; wait"], Path("."), os.environ, 600, print
-)
+from workspaces.repro import run_dvc
+run_dvc(["repro", "--single-item", "slow"], Path({project!r}), os.environ, 600, print)
 """
 
 
 @pytest.mark.slow
 def test_the_group_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
-    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(pid_file=pid_file)], cwd=ROOT)
+    project = dvc_project(tmp_path / "project", {"slow": f"sleep 300 & echo $! > {pid_file}; wait"})
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(project=str(project))], cwd=ROOT)
     deadline = time.monotonic() + 20
     while not (pid_file.is_file() and pid_file.read_text().strip()):
         assert time.monotonic() < deadline and parent.poll() is None

@@ -1,5 +1,5 @@
-"""DVC as a flow sees it: the stage graph and what is stale, one `dvc repro --single-item` run
-in its own process group, and what its failure means (bad input, transient, other).
+"""DVC as a flow sees it: the stage graph and what is stale, DVC commands run in one DVC process
+in its own process group, and what a stage's failure means (bad input, transient, other).
 
 No Prefect here: the flows decide what to retry from the exceptions raised below.
 """
@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,10 @@ RESTORED = re.compile(r"Stage '[^']+' is cached - skipping run")
 KILL_GRACE_SECONDS = 10.0
 # Leads each command's process group; stops it if this process dies (workspaces/guard.py).
 GUARD = Path(__file__).with_name("guard.py")
+# Runs a flow's DVC commands in one process (workspaces/dvc_worker.py), not one per stage.
+WORKER = Path(__file__).with_name("dvc_worker.py")
+# How long a DVC process whose input ended gets to exit before its group is stopped.
+WORKER_EXIT_SECONDS = 10.0
 
 
 class StageError(RuntimeError):
@@ -183,57 +190,147 @@ def plan_from_json(items: list[dict[str, Any]]) -> list[PlannedStage]:
     return [PlannedStage(i["name"], i["changed"], frozenset(i["upstream"])) for i in items]
 
 
-def run_command(
-    cmd: list[str],
-    cwd: Path,
+class DvcWorker:
+    """`dvc <args>` in `repo`, run by one long-lived DVC process (workspaces/dvc_worker.py).
+
+    The process runs in a group of its own, led by workspaces/guard.py, which stops the group if
+    this process dies. On a timeout, and when the caller is interrupted (Ctrl-C, SIGTERM), the
+    whole group gets SIGINT, then SIGKILL, before `run` returns or raises: stopping dvc alone
+    would leave the stage command running beside a retry, or finishing after its caller restored
+    params.yaml. The next request then starts a new process.
+    """
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo.resolve()
+        self._proc: subprocess.Popen | None = None
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._marker = ""
+
+    def start(self) -> None:
+        """Start the DVC process now, if it is not running, rather than at the first request."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+
+    def _start(self) -> subprocess.Popen:
+        self._marker = f"dvc-worker-{secrets.token_hex(8)} exit"
+        proc = subprocess.Popen(
+            [sys.executable, str(GUARD), sys.executable, "-u", str(WORKER), self._marker],
+            cwd=self.repo,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+        self._lines = queue.SimpleQueue()
+        threading.Thread(target=_pump, args=(proc, self._lines), daemon=True).start()
+        self._proc = proc
+        return proc
+
+    def run(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        timeout: float,
+        on_line: Callable[[str], None],
+    ) -> CommandResult:
+        """Run `dvc <args>` with environment `env`, passing each output line on as it comes."""
+        self.start()
+        proc = self._proc
+        assert proc is not None
+        answer, marker = self._lines, self._marker
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        with _RUNNING_LOCK:
+            _RUNNING[proc] = self.repo
+        try:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):  # a process that died: its end of output says so
+                proc.stdin.write(json.dumps({"args": args, "env": dict(env)}) + "\n")
+                proc.stdin.flush()
+            while True:
+                try:
+                    line = answer.get(timeout=max(deadline - time.monotonic(), 0.0))
+                except queue.Empty:
+                    self._stop()
+                    return CommandResult(proc.returncode, lines, timed_out=True)
+                if line is None:  # the process ended without answering (stopped, crashed)
+                    self._proc = None
+                    return CommandResult(proc.wait(), lines, timed_out=False)
+                text, found, status = line.partition(marker)
+                if text:
+                    lines.append(text)
+                    on_line(text)
+                if found:
+                    return CommandResult(int(status), lines, timed_out=False)
+        except BaseException:
+            self._stop()
+            raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.pop(proc, None)
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_group(proc)
+
+    def close(self) -> None:
+        """End the process: at the end of its input it exits; stopped if it does not."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=WORKER_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            stop_group(proc)
+
+
+def _pump(proc: subprocess.Popen, lines: queue.SimpleQueue[str | None]) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        lines.put(raw.rstrip("\n"))
+    lines.put(None)
+
+
+# The DVC process of each workspace whose flow run holds one open (dvc_process).
+_WORKERS: dict[Path, DvcWorker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def dvc_process(repo: Path) -> Iterator[DvcWorker]:
+    """While open, `run_dvc` in `repo` goes to one DVC process, ended when this closes."""
+    worker = DvcWorker(repo)
+    with _WORKERS_LOCK:
+        _WORKERS[worker.repo] = worker
+    try:
+        yield worker
+    finally:
+        with _WORKERS_LOCK:
+            _WORKERS.pop(worker.repo, None)
+        worker.close()
+
+
+def run_dvc(
+    args: list[str],
+    repo: Path,
     env: Mapping[str, str],
     timeout: float,
     on_line: Callable[[str], None],
 ) -> CommandResult:
-    """Run `cmd` in its own process group, passing each output line on as it comes.
-
-    On timeout, and when the caller is interrupted (Ctrl-C, SIGTERM), the whole group gets
-    SIGINT, then SIGKILL, before this returns or raises: killing dvc alone would leave the
-    stage command running beside a retry, or finishing after its caller restored params.yaml.
-    The group is led by workspaces/guard.py, which does the same if this process dies.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, str(GUARD), *cmd],
-        cwd=cwd,
-        env=dict(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
-    lines: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            on_line(line)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    timed_out = False
-    with _RUNNING_LOCK:
-        _RUNNING[proc] = Path(cwd).resolve()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        stop_group(proc)
-    except BaseException:
-        stop_group(proc)
-        raise
-    finally:
-        with _RUNNING_LOCK:
-            _RUNNING.pop(proc, None)
-    reader.join()
-    return CommandResult(proc.returncode, lines, timed_out)
+    """`dvc <args>` in `repo` by the workspace's open `dvc_process`, or by a DVC process for
+    this one command when none is open."""
+    with _WORKERS_LOCK:
+        worker = _WORKERS.get(repo.resolve())
+    if worker is not None:
+        return worker.run(args, env, timeout, on_line)
+    with dvc_process(repo) as one_off:
+        return one_off.run(args, env, timeout, on_line)
 
 
 # Signals the command line received (SIGINT, SIGTERM). Prefect swallows a BaseException that
@@ -287,6 +384,9 @@ def stop_group(
     """`first` (SIGINT) to the process group, `grace` seconds for it, then SIGKILL to whatever
     of it is left. The SIGKILL also goes out when the leader stopped in time: a member that
     ignores the first signal (a shell's background job does) would otherwise live on."""
+    if proc.stdin is not None:  # a DvcWorker's: it exits after the command it is running
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, first)
     with contextlib.suppress(subprocess.TimeoutExpired):

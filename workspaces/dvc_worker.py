@@ -1,0 +1,53 @@
+"""One DVC process for a flow run's DVC commands, run one after another.
+
+    python -u workspaces/dvc_worker.py <marker>     (started by workspaces.repro.DvcWorker)
+
+A `dvc repro --single-item` process per stage paid Python's start and DVC's imports every time
+(about 1 s a stage here: FINDINGS.md, "One DVC process for a flow run"); this process pays them
+once. Each request is a JSON line, `{"args": [...], "env": {...}}`: the command line after
+`dvc` and the whole environment it runs with (DVC hands it to the stage's command). The request
+runs as DVC's own command line does (`dvc.cli.main`), in this process's directory, with its
+output and the stage's on stdout as they come; then `<marker> <exit status>` ends the answer.
+
+Requests are read from a private copy of stdin: the stage commands get /dev/null, so nothing a
+stage does can read the next request. End of input: the process ends. Run as a script (the
+guard's way), so the project is not importable here and only DVC is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def serve(marker: str) -> int:
+    requests = os.fdopen(os.dup(0), "r")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    from dvc.cli import main as dvc
+    from dvc.ui import ui
+
+    try:
+        for line in requests:
+            request = json.loads(line)
+            os.environ.clear()
+            os.environ.update(request["env"])
+            # Off, as in a new process: DVC's main turns it on unless the command is quiet, and
+            # has no call to turn it off (tests/test_dvc_worker.py fails if this stops working).
+            ui._enabled = False
+            status = dvc(request["args"])
+            sys.stderr.flush()
+            sys.stdout.write(f"{marker} {status}\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:  # between requests: the flow is stopping this process
+        return 130
+    except BrokenPipeError:  # the flow died: nobody reads the answer
+        return 141  # 128 + SIGPIPE, as DVC's command line says it
+    return 0
+
+
+if __name__ == "__main__":
+    del sys.path[0]  # this folder: its modules' names (repro, remote, locks) are not DVC's
+    sys.exit(serve(sys.argv[1]))
