@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from stages.common import PARAMS_FILE, BadInputError, validate_params_text
+from workspaces import repro
 from workspaces.locks import shared_git_state
+
+# `dvc exp save` commits the workspace's small files; no answer in this long is a hang.
+SAVE_TIMEOUT_SECONDS = 600.0
 
 
 class ExperimentError(RuntimeError):
@@ -95,15 +99,15 @@ def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
     each writes the same shared refs under refs/exps/exec, and two at once fail or file one
     worktree's commit under the other's baseline.
     """
-    cmd = ["dvc", "exp", "save", "--name", name]
+    args = ["exp", "save", "--name", name]
     for path in _untracked(repo, ["dvc.lock", *git_tracked_outputs(repo)]):
-        cmd += ["--include-untracked", path]
+        args += ["--include-untracked", path]
+    lines: list[str] = []
     with shared_git_state(repo, f"dvc exp save --name {name} in {repo}"):
-        proc = subprocess.run(
-            cmd, cwd=repo, env=dict(env), capture_output=True, text=True, check=False
-        )
-    if proc.returncode != 0:
-        raise ExperimentError(f"dvc exp save failed:\n{proc.stdout}{proc.stderr}")
+        # The flow run's DVC process when it has one open (repro.dvc_process).
+        result = repro.run_dvc(args, repo, env, SAVE_TIMEOUT_SECONDS, lines.append)
+    if result.timed_out or result.returncode != 0:
+        raise ExperimentError("dvc exp save failed:\n" + "\n".join(lines))
     return name
 
 
