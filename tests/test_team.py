@@ -286,6 +286,21 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
+def _push_attempts(env: dict[str, str]) -> dict[str, str]:
+    """The `dvc push` task runs on the stack's Prefect server: id -> state name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    named = TaskRunFilter(name=TaskRunFilterName(any_=["dvc push"]))
+    with (
+        temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as client,
+    ):
+        runs = client.read_task_runs(task_run_filter=named)
+    return {str(run.id): run.state.name if run.state else "" for run in runs}
+
+
 def test_s3_down_at_the_push_then_back(
     stack: Stack, project: Path, small_tlc: Path, tmp_path: Path
 ) -> None:
@@ -306,13 +321,23 @@ def test_s3_down_at_the_push_then_back(
     record = json.loads((stack.root / "pids" / "seaweedfs.json").read_text())
     os.killpg(record["pid"], 9)
 
-    def restart_after_the_first_push() -> None:
-        def pushing() -> list[int]:
-            return [pid for pid, (_, cmd) in _processes().items() if "dvc push" in cmd]
+    earlier = set(_push_attempts(env))
 
-        first = _wait(pushing, 120, "the flow's first dvc push")
-        _wait(lambda: not set(first) & set(pushing()), 120, "the first push to fail")
-        cli(stack.env, "up", timeout=300)
+    def restart_after_the_first_push() -> None:
+        # The push runs in the flow run's DVC process, not a `dvc push` process of its own:
+        # its first failure is the task run waiting for a retry on the Prefect server.
+        def first_failed() -> bool:
+            attempts = _push_attempts(env)
+            return any(
+                state in ("AwaitingRetry", "Retrying")
+                for run_id, state in attempts.items()
+                if run_id not in earlier
+            )
+
+        try:
+            _wait(first_failed, 120, "the flow's first dvc push to fail")
+        finally:
+            cli(stack.env, "up", timeout=300)  # S3 back even when this test failed
 
     restart = threading.Thread(target=restart_after_the_first_push)
     restart.start()
