@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, running
 
 HOLDER = """
 import sys
@@ -24,14 +24,6 @@ server = LocalServer()
 print(server.wait_ready(), server._process.pid, flush=True)
 sys.stdin.readline()
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @pytest.mark.slow
@@ -49,11 +41,11 @@ def test_the_server_dies_with_a_killed_caller(tmp_path: Path) -> None:
     url, pid = caller.stdout.readline().split()
     with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
         assert response.status == 200
-    assert _alive(int(pid))
+    assert running(int(pid))
     caller.send_signal(signal.SIGKILL)
     caller.wait()
     deadline = time.monotonic() + 30
-    while _alive(int(pid)):
+    while running(int(pid)):
         assert time.monotonic() < deadline, "the server outlived its killed caller"
         time.sleep(0.2)
 
@@ -137,7 +129,7 @@ def test_a_kept_server_ends_with_its_killed_watcher(
         server.wait_ready()
         (prefect,) = _children(server.pid)
         os.kill(server.pid, signal.SIGKILL)
-        _wait_until(lambda: not _alive(prefect), 30, "the server to end with its watcher")
+        _wait_until(lambda: not running(prefect), 30, "the server to end with its watcher")
         assert local_server.running_kept_server(tmp_path) is None
         # The next run starts a fresh one over the stale state file.
         fresh = local_server.kept_server(tmp_path, 600)
