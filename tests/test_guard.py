@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, dvc_project
+from tests.conftest import ROOT, dvc_project, running
 
 PARENT = """
 import os, sys
@@ -32,9 +32,6 @@ def test_the_group_stops_when_its_parent_is_killed(tmp_path: Path) -> None:
     parent.kill()  # SIGKILL: the flow's process dies without any cleanup of its own
     parent.wait()
     deadline = time.monotonic() + 15  # SIGINT, then SIGKILL after the 10 s grace at most
-    while Path(f"/proc/{grandchild}").exists():
-        stat = Path(f"/proc/{grandchild}/stat").read_text()
-        if stat[stat.rindex(")") + 2] == "Z":
-            break
+    while running(grandchild):
         assert time.monotonic() < deadline, "the stage outlived the killed flow"
         time.sleep(0.1)

@@ -102,12 +102,11 @@ def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
     args = ["exp", "save", "--name", name]
     for path in _untracked(repo, ["dvc.lock", *git_tracked_outputs(repo)]):
         args += ["--include-untracked", path]
-    lines: list[str] = []
     with shared_git_state(repo, f"dvc exp save --name {name} in {repo}"):
         # The flow run's DVC process when it has one open (repro.dvc_process).
-        result = repro.run_dvc(args, repo, env, SAVE_TIMEOUT_SECONDS, lines.append)
+        result = repro.run_dvc(args, repo, env, SAVE_TIMEOUT_SECONDS, lambda line: None)
     if result.timed_out or result.returncode != 0:
-        raise ExperimentError("dvc exp save failed:\n" + "\n".join(lines))
+        raise ExperimentError("dvc exp save failed:\n" + "\n".join(result.lines))
     return name
 
 

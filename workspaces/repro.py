@@ -205,15 +205,14 @@ class DvcWorker:
         self._proc: subprocess.Popen | None = None
         self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._marker = ""
+        self._serving = threading.Lock()
 
-    def start(self) -> None:
-        """Start the DVC process now, if it is not running, rather than at the first request."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._start()
-
-    def _start(self) -> subprocess.Popen:
+    def start(self) -> subprocess.Popen:
+        """The DVC process, started now if it is not running (rather than at a request)."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
         self._marker = f"dvc-worker-{secrets.token_hex(8)} exit"
-        proc = subprocess.Popen(
+        self._proc = subprocess.Popen(
             [sys.executable, str(GUARD), sys.executable, "-u", str(WORKER), self._marker],
             cwd=self.repo,
             stdin=subprocess.PIPE,
@@ -224,9 +223,8 @@ class DvcWorker:
             start_new_session=True,
         )
         self._lines = queue.SimpleQueue()
-        threading.Thread(target=_pump, args=(proc, self._lines), daemon=True).start()
-        self._proc = proc
-        return proc
+        threading.Thread(target=_pump, args=(self._proc, self._lines), daemon=True).start()
+        return self._proc
 
     def run(
         self,
@@ -235,10 +233,19 @@ class DvcWorker:
         timeout: float,
         on_line: Callable[[str], None],
     ) -> CommandResult:
-        """Run `dvc <args>` with environment `env`, passing each output line on as it comes."""
-        self.start()
-        proc = self._proc
-        assert proc is not None
+        """Run `dvc <args>` with environment `env`, passing each output line on as it comes.
+        One request at a time: a second thread waits for the first's answer."""
+        with self._serving:
+            return self._run(args, env, timeout, on_line)
+
+    def _run(
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        timeout: float,
+        on_line: Callable[[str], None],
+    ) -> CommandResult:
+        proc = self.start()
         answer, marker = self._lines, self._marker
         lines: list[str] = []
         deadline = time.monotonic() + timeout
@@ -312,7 +319,8 @@ def dvc_process(repo: Path) -> Iterator[DvcWorker]:
         yield worker
     finally:
         with _WORKERS_LOCK:
-            _WORKERS.pop(worker.repo, None)
+            if _WORKERS.get(worker.repo) is worker:
+                del _WORKERS[worker.repo]
         worker.close()
 
 
@@ -324,13 +332,16 @@ def run_dvc(
     on_line: Callable[[str], None],
 ) -> CommandResult:
     """`dvc <args>` in `repo` by the workspace's open `dvc_process`, or by a DVC process for
-    this one command when none is open."""
+    this one command when none is open (not registered: it is this call's alone)."""
     with _WORKERS_LOCK:
         worker = _WORKERS.get(repo.resolve())
     if worker is not None:
         return worker.run(args, env, timeout, on_line)
-    with dvc_process(repo) as one_off:
+    one_off = DvcWorker(repo)
+    try:
         return one_off.run(args, env, timeout, on_line)
+    finally:
+        one_off.close()
 
 
 # Signals the command line received (SIGINT, SIGTERM). Prefect swallows a BaseException that
@@ -384,7 +395,7 @@ def stop_group(
     """`first` (SIGINT) to the process group, `grace` seconds for it, then SIGKILL to whatever
     of it is left. The SIGKILL also goes out when the leader stopped in time: a member that
     ignores the first signal (a shell's background job does) would otherwise live on."""
-    if proc.stdin is not None:  # a DvcWorker's: it exits after the command it is running
+    if proc.stdin is not None:  # a DvcWorker's: it exits after its command, not waiting for more
         with contextlib.suppress(OSError):
             proc.stdin.close()
     with contextlib.suppress(ProcessLookupError):
