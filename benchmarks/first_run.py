@@ -47,7 +47,7 @@ def new_user_env(workdir: Path, tlc_source: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "VIRTUAL_ENV"))}
     if "PYENV_ROOT" not in env and (Path.home() / ".pyenv").is_dir():
         env["PYENV_ROOT"] = str(Path.home() / ".pyenv")  # pyenv's shims look under HOME
-    # XDG_CACHE_HOME too: the pristine MLflow store (lineage.sqlite_store) lives in the user's
+    # XDG_CACHE_HOME too: the pristine MLflow store (stage_runtime.sqlite_store) lives in the user's
     # cache, and a new user has none yet.
     for name in (
         "MLFLOW_TRACKING_URI",

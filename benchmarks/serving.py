@@ -68,7 +68,7 @@ def outside_environment(tracking_uri: str, base: dict[str, str] | None = None) -
     scripts = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     env["MLFLOW_TRACKING_URI"] = tracking_uri
-    # mlflow.set_registry_uri (lineage.record.connect) exports this to the environment: one
+    # mlflow.set_registry_uri (stage_runtime.record.connect) exports this to the environment: one
     # set earlier in this process for another store must not follow a consumer elsewhere.
     env.pop("MLFLOW_REGISTRY_URI", None)
     return env
@@ -277,7 +277,7 @@ def pinned_model_uri(model_uri: str, tracking_uri: str) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from lineage import record
+    from stage_runtime import record
 
     if not model_uri.startswith("models:/"):
         return model_uri

@@ -53,7 +53,7 @@ def backtest(
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     from flows.compare import run_here
-    from lineage import record
+    from stage_runtime import record
     from stages.common import load_params
     from timeline.window import windows_within
 

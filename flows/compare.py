@@ -88,7 +88,7 @@ def experiment_row(repo: Path, name: str, overrides: dict[str, Any]) -> dict[str
 
 
 def _model_version(repo: Path, name: str) -> str | None:
-    from lineage import record
+    from stage_runtime import record
 
     try:
         client = record.connect(record.tracking_uri(repo), create=False)

@@ -220,8 +220,8 @@ def running_kept_server(project: Path) -> KeptServer | None:
 
 def kept_server(project: Path, idle: float) -> KeptServer:
     """The project's kept server, started now (not waited for) if none is running."""
+    from stage_runtime.locks import file_lock
     from stages.common import process_identity
-    from workspaces.locks import file_lock
 
     state_dir = project / STATE_DIR
     with file_lock(state_dir / "lock", "find or start the kept Prefect server"):

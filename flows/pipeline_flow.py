@@ -2,7 +2,7 @@
 
 Stages run one at a time in dependency order: DVC does not support two stages of one workspace
 at once (parallel runs need isolated workspaces, see flows.compare), and one pipeline run holds
-a workspace at a time (workspaces.locks.workspace_lock). The command line is flows.pipeline.
+a workspace at a time (stage_runtime.locks.workspace_lock). The command line is flows.pipeline.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from prefect.states import Completed
 
 from flows import report
 from flows.console import STAGE_EVENT
-from lineage import record
-from lineage.record import PIPELINE_RUN_ENV
+from stage_runtime import record
+from stage_runtime.locks import workspace_lock
+from stage_runtime.record import PIPELINE_RUN_ENV
 from stages.common import BAD_INPUT_PREFIX, IO_PREFIX, TRANSIENT_PREFIX
 from workspaces import experiments, repro
-from workspaces.locks import workspace_lock
 from workspaces.remote import ensure_remote, team_remote_in
 
 RETRIES = 3

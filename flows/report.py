@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lineage import record
+from stage_runtime import record
 from stages.common import read_json
 
 log = logging.getLogger("flows.report")

@@ -138,7 +138,7 @@ def plan(repo: Path, branch: str = DEFAULT_BRANCH, env: Any = os.environ) -> Pla
 
 def _republished(repo: Path, base: str, data: Any, months: dict[str, str], env: Any) -> tuple:
     """The months of `months` that base's dvc.lock ingested and the source has republished."""
-    from lineage import record
+    from stage_runtime import record
     from timeline import upstream
     from workspaces.worktrees import git_file
 
@@ -162,8 +162,8 @@ def checked_out_in(repo: Path, branch: str) -> str | None:
 def commit_window(workspace: Path, repo: Path, p: Plan, result: dict[str, Any]) -> str:
     """Commit params.yaml, dvc.lock and the git-tracked outputs in the worktree, then move the
     branch to it, only if it still points where the retraining started (compare and set)."""
+    from stage_runtime.locks import shared_git_state
     from workspaces.experiments import git_tracked_outputs
-    from workspaces.locks import shared_git_state
 
     outputs = git_tracked_outputs(workspace)
     paths = ["params.yaml", "dvc.lock", *outputs]

@@ -9,7 +9,7 @@ of the file gets a row: `row_id` (its position in the file), the request columns
 `predicted_minutes`, or null with `refused_because` naming the column when the model cannot
 score it (the month's own zero-distance or null rows), found by the model's own checks.
 
-The MLflow run (stage `score@<month>`, lineage.record) records the month's md5 and address,
+The MLflow run (stage `score@<month>`, stage_runtime.record) records the month's md5 and address,
 the model file's md5 (whose producer is the model's train run), the version the URI
 resolved to and the predictions' md5: `python -m lineage <predictions file>` follows it back
 to the model and on to the raw training months. The predictions are written atomically, only
@@ -26,7 +26,7 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from lineage import record
+from stage_runtime import record
 from stages import request
 from stages.common import (
     BadInputError,
@@ -116,7 +116,7 @@ def resolve_model(model_uri: str, into: str) -> dict[str, str]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from stages.tracking import connect_store
+    from stage_runtime.tracking import connect_store
 
     client = connect_store(record.tracking_uri())
     store = f"MLflow at {record.tracking_uri()}"
@@ -161,7 +161,7 @@ def score_and_record(
     import pyarrow.parquet as pq
     from mlflow.exceptions import MlflowException
 
-    from stages.tracking import stage_run
+    from stage_runtime.tracking import stage_run
 
     pyfunc = mlflow.pyfunc.load_model(model["local"])
     encoders = read_json(Path(model["local"]) / "artifacts" / "encoders.json")

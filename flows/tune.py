@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         error = state.result(raise_on_failure=False)
         print(f"tune failed: {error}", file=sys.stderr)  # noqa: T201
-        from lineage.record import TrackingUnavailableError
+        from stage_runtime.record import TrackingUnavailableError
 
         if isinstance(error, TrackingUnavailableError):
             return console.EXIT_TRANSIENT

@@ -190,8 +190,8 @@ def _record_parent(
     experiment and model version (the tags the stage runs use), the plots."""
     from mlflow.entities import Metric, RunTag
 
-    from lineage import record
-    from stages.tracking import EXPERIMENT_TAGS
+    from stage_runtime import record
+    from stage_runtime.tracking import EXPERIMENT_TAGS
     from tuning import report
 
     now = int(time.time() * 1000)

@@ -23,8 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lineage import record
 from lineage.trace import FileNode, Lineage, LineageError, NotFoundError, Tracer
+from stage_runtime import record
 
 KEY_PARAMS = ("model.type", "model.alpha", "data.months", "data.colour", "prepare.")
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_STORE = 0, 1, 2, 3, 4

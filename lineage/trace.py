@@ -2,7 +2,7 @@
 from a batch-scoring predictions file (flows.score) to the month it scored, the model it
 scored with, and on to that model's raw files.
 
-The chain is followed through the MLflow record (lineage.record): the producer of an input is
+The chain is followed through the MLflow record (stage_runtime.record): the producer of an input is
 the finished run whose `out/<path>` tag has that md5. It is checked against git (the dvc.lock
 of the commit that records the model) and the DVC cache (re-hashing the bytes: DVC itself
 trusts recorded hashes).
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage import record
+from stage_runtime import record
 from stages.common import file_md5, load_yaml
 from workspaces.worktrees import dvc_cache_dir, worktree
 

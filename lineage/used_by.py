@@ -2,7 +2,7 @@
 
 The question a team asks when a data bug is found in a file: which models must be retrained,
 which promotion decisions re-made, which predictions re-scored? The walk goes forward through
-the MLflow record (lineage.record): the consumers of a file are the finished runs with an
+the MLflow record (stage_runtime.record): the consumers of a file are the finished runs with an
 `in/<path>` tag holding its md5, under any name (the bytes carry the bug, not the name: a
 month scored from a downloaded copy, a model file read from the registry); their outputs'
 consumers follow, and so on, each run and file once.
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage import record
 from lineage.trace import NotFoundError
+from stage_runtime import record
 from stages.common import file_md5
 
 TRAINED, EVALUATED, MODEL, SCORED = "trained on", "evaluated on", "is its model", "scored"

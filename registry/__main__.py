@@ -51,8 +51,8 @@ def _describe(alias: str, version: Any | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from lineage import record
     from registry import champion
+    from stage_runtime import record
 
     try:
         name = args.model

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lineage import record
+from stage_runtime import record
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_PREFIX = "promotion."
@@ -204,7 +204,7 @@ def record_decision(
 def promotion_lock(repo: Path) -> Iterator[None]:
     """One promotion at a time on this machine (parallel experiments share the registry);
     across machines the champion is re-read before it moves (compare and set)."""
-    from workspaces.locks import file_lock, git_common_dir
+    from stage_runtime.locks import file_lock, git_common_dir
 
     try:
         lock_dir = git_common_dir(repo)

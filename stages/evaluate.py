@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from registry import champion
+from stage_runtime.tracking import StageRun, stage_run
 from stages import model as models
 from stages import plot_images
 from stages.common import (
@@ -29,7 +30,6 @@ from stages.common import (
     run_stage,
     write_json,
 )
-from stages.tracking import StageRun, stage_run
 
 log = logging.getLogger("stages.evaluate")
 EVAL_SPLITS = ("validation", "test")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None) -> None:
 
 def split_data(run: StageRun, paths: list[Path]) -> str:
     """What a split's data is: the cleaned files and their md5 (as recorded for the run)."""
-    from lineage import record
+    from stage_runtime import record
 
     return champion.data_label(
         {record.lineage_path(p): run.inputs[record.lineage_path(p)] for p in paths}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stage_runtime.tracking import stage_run
 from stages.common import (
     SPLITS,
     BadInputError,
@@ -24,7 +25,6 @@ from stages.common import (
 )
 from stages.encoding import PAIR_BASE, dense_range, encode
 from stages.request import example_request
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.features")
 EXAMPLE_TRIPS = 5  # real training trips, logged with the model as its input example

@@ -15,6 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
+from stage_runtime.tracking import stage_run
 from stages.common import (
     BadInputError,
     TransientError,
@@ -32,7 +33,6 @@ from stages.tlc import (
     resolve_source,
     trip_address,
 )
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.ingest")
 

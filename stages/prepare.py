@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stage_runtime.tracking import stage_run
 from stages.common import (
     CHUNK_ROWS,
     BadInputError,
@@ -30,7 +31,6 @@ from stages.common import (
     write_json,
 )
 from stages.tlc import check_trip_schema, trip_columns
-from stages.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
 CLEAN_COLUMNS = [

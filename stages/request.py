@@ -36,7 +36,7 @@ class RequestError(BadInputError):
 
 def signature_dict() -> dict[str, Any]:
     """The request's MLflow signature in `ModelSignature.to_dict()` form, built without MLflow
-    (train logs the model with lineage.pyfunc_folder): zone ids and distance required, one of
+    (train logs the model with stage_runtime.pyfunc_folder): zone ids and distance required, one of
     the pickup timestamps (optional each: which one depends on the taxi colour) in, minutes out.
     tests/test_request.py holds it equal to the signature MLflow's own types build."""
     inputs = (

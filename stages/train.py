@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lineage import record
 from registry import champion
+from stage_runtime import record
+from stage_runtime.tracking import StageRun, model_lineage, reconcile_orphans, stage_run
 from stages import model as models
 from stages import request
 from stages.common import load_params, read_json, run_stage, write_json
-from stages.tracking import StageRun, model_lineage, reconcile_orphans, stage_run
 
 log = logging.getLogger("stages.train")
 

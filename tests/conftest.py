@@ -141,7 +141,7 @@ def temporary_prefect_servers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def forget_exported_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """mlflow.set_registry_uri (called by lineage.record.connect in the test process) exports
+    """mlflow.set_registry_uri (called by stage_runtime.record.connect in the test process) exports
     MLFLOW_REGISTRY_URI; left from an earlier test it would send a consumer started by this
     one (mlflow.pyfunc.load_model in a subprocess) to that test's store."""
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

@@ -30,21 +30,6 @@ def test_machine_slowdown_is_the_geometric_mean_against_the_reference():
     assert machine_slowdown(twice) is None  # the course's script not run at 64x
 
 
-def test_the_runtime_folder_variant_declares_one_folder_in_every_stage():
-    import yaml
-
-    from benchmarks.runtime_dir import FOLDER, RUNTIME, one_folder
-
-    original = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    variant = yaml.safe_load(one_folder((ROOT / "dvc.yaml").read_text()))["stages"]
-    assert variant.keys() == original.keys()
-    for name, stage in variant.items():
-        deps = (stage.get("do") or stage)["deps"]
-        before = (original[name].get("do") or original[name])["deps"]
-        assert deps == [FOLDER] + [d for d in before if d not in RUNTIME], name
-        assert set(RUNTIME) <= set(before), f"{name} no longer imports every runtime module"
-
-
 def test_harness_on_sampled_months_writes_results(small_tlc: Path, tmp_path: Path):
     out = tmp_path / "results"
     cmd = [

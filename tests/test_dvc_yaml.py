@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
 
@@ -20,7 +21,7 @@ def test_no_command_interpolates_a_param() -> None:
         assert not re.search(r"\$\{", cmd), f"stage {name}: {cmd}"
 
 
-PROJECT_PACKAGES = ("stages", "lineage", "registry", "workspaces")
+PROJECT_PACKAGES = ("stages", "stage_runtime", "lineage", "registry", "workspaces")
 
 
 def imported_project_files(module: str) -> set[str]:
@@ -55,21 +56,30 @@ def imported_project_files(module: str) -> set[str]:
     return {p for p in seen if p.split("/")[0] in PROJECT_PACKAGES}
 
 
-def test_every_stage_depends_on_the_code_it_runs() -> None:
-    """A change to any module a stage imports (or ships inside a model) makes it stale."""
-    from stages.tracking import MODEL_CODE
+def test_every_stage_depends_on_the_code_it_runs(monkeypatch) -> None:
+    """A change to any module a stage imports (or ships inside a model) makes it stale, and
+    nothing else does: a code folder a stage declares whole (stage_runtime) holds only modules
+    that every stage imports, and the record lists them file by file (code_files)."""
+    from stage_runtime.tracking import CODE_FOLDERS, MODEL_CODE, code_files, folder_modules
 
+    monkeypatch.chdir(ROOT)  # dvc.yaml's paths, as a stage process sees them
     for name, stage in stage_definitions().items():
         body = stage.get("do") or stage
         module = re.search(r"python -m (\S+)", body["cmd"]).group(1)
         expected = imported_project_files(module)
         if name == "train":
             expected |= set(MODEL_CODE)
-        declared = {d for d in body["deps"] if d.endswith(".py")}
+        folders = [d for d in body["deps"] if d in CODE_FOLDERS]
+        assert folders == list(CODE_FOLDERS), f"stage {name}: declares {folders}"
+        in_folders = {m for folder in folders for m in folder_modules(Path(folder))}
+        assert in_folders <= expected, f"stage {name} does not import {in_folders - expected}"
+        declared = {d for d in body["deps"] if d.endswith(".py")} | in_folders
         assert declared == expected, (
             f"stage {name}: missing {sorted(expected - declared)}, "
             f"not imported {sorted(declared - expected)}"
         )
+        recorded = code_files(name)
+        assert set(recorded) == expected, f"stage {name}: the record lists {sorted(recorded)}"
 
 
 def test_the_committed_lock_matches_the_code() -> None:
@@ -77,10 +87,38 @@ def test_the_committed_lock_matches_the_code() -> None:
     it records has the md5 it records (the lock is regenerated and committed with the code)."""
     import hashlib
 
+    from stage_runtime.tracking import CODE_FOLDERS
+
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
     for stage, entry in lock.items():
         for dep in entry.get("deps", []):
             path = ROOT / dep["path"]
             if path.suffix == ".py":
                 md5 = hashlib.md5(path.read_bytes()).hexdigest()
-                assert md5 == dep["md5"], f"{stage}: {dep['path']} changed since dvc.lock"
+            elif dep["path"] in CODE_FOLDERS:
+                md5 = dvc_folder_md5(path)
+            else:
+                continue
+            assert md5 == dep["md5"], f"{stage}: {dep['path']} changed since dvc.lock"
+
+
+def dvc_folder_md5(folder: Path) -> str:
+    """A folder's md5 as DVC 3 records it: the md5 of its JSON listing of files (sorted by
+    relative path, each with its md5; .dvcignore's __pycache__ left out) plus `.dir`."""
+    import hashlib
+    import json
+
+    from stage_runtime.tracking import folder_modules
+
+    files = [Path(m) for m in folder_modules(folder)]
+    assert {p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts} == set(
+        files
+    ), f"{folder} holds files other than modules"
+    listing = [
+        {
+            "md5": hashlib.md5(p.read_bytes()).hexdigest(),
+            "relpath": p.relative_to(folder).as_posix(),
+        }
+        for p in files
+    ]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"

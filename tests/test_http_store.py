@@ -1,4 +1,4 @@
-"""lineage/http_store.py without a server: when it writes the record, and a server that does
+"""stage_runtime/http_store.py without a server: when it writes the record, and a server that does
 not answer costs the retries MLflow's settings allow, no more. Against the real MLflow server:
 tests/test_team.py."""
 
@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from lineage import http_store
-from lineage.http_store import HttpStore, ServerUnavailableError
+from stage_runtime import http_store
+from stage_runtime.http_store import HttpStore, ServerUnavailableError
 from stages.common import TransientError
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage.record import locked_outputs, read_lock
+from stage_runtime.record import locked_outputs, read_lock
 from tests.conftest import MONTHS, run, sample_month
 
 MODEL = "nyc-taxi-trip-duration-minutes"

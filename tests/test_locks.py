@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stage_runtime.locks import LockTimeoutError, file_lock, git_common_dir, shared_git_state
 from tests.conftest import ROOT, run
 from workspaces.experiments import apply_overrides, save_experiment
-from workspaces.locks import LockTimeoutError, file_lock, git_common_dir, shared_git_state
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from workspaces.locks import file_lock
+from stage_runtime.locks import file_lock
 with file_lock(Path(sys.argv[1]), "test holder"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

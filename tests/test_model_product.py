@@ -28,7 +28,7 @@ def dvc(repo: Path, *args: str):
 def client():
     """A client of this test's project store (record.connect also points mlflow's own
     module-level calls, such as pyfunc.load_model, at it)."""
-    from lineage import record
+    from stage_runtime import record
 
     return record.connect(create=False)
 

@@ -1,4 +1,4 @@
-"""lineage/pyfunc_folder.py: the folder MLflow's own save_model writes, file for file, for a
+"""stage_runtime/pyfunc_folder.py: the folder MLflow's own save_model writes, file for file, for a
 model fitted on real trips; and refused (nothing written) where MLflow would write otherwise."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
-from lineage.pyfunc_folder import NotMirroredError, save_pyfunc_folder
+from stage_runtime.pyfunc_folder import NotMirroredError, save_pyfunc_folder
+from stage_runtime.tracking import MODEL_CODE, MODEL_REQUIREMENTS, PYFUNC_MODEL
 from stages import model as models
 from stages import request
 from stages.common import write_json
 from stages.encoding import encode
 from stages.features import fit_encoders, read_zones
-from stages.tracking import MODEL_CODE, MODEL_REQUIREMENTS, PYFUNC_MODEL
 from tests.conftest import PROJECT_PARAMS, ROOT, clean_month, project_section
 
 # The two MLmodel entries that differ between any two saves (uuid4, the clock).

@@ -1,4 +1,4 @@
-"""The record's scheme (lineage/record.py): tag keys, lineage names, the dvc.lock reader."""
+"""The record's scheme (stage_runtime/record.py): tag keys, lineage names, the dvc.lock reader."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lineage import record
-from stages.tracking import model_lineage, pipeline_run_id
+from stage_runtime import record
+from stage_runtime.tracking import model_lineage, pipeline_run_id
 
 LOCK = {
     "schema": "2.0",

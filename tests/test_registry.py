@@ -71,7 +71,7 @@ def test_data_labels_are_path_ordered():
 @pytest.fixture
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A real MLflow store (SQLite) with a registered model of three versions."""
-    from lineage import record
+    from stage_runtime import record
 
     monkeypatch.setenv(record.TRACKING_URI_ENV, f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage.record import connect, experiment_id, read_lock
+from stage_runtime.record import connect, experiment_id, read_lock
 from stages.common import file_md5, load_yaml
 from stages.tlc import SOURCE_ENV, trip_file_name
 from tests.conftest import run, sample_month
@@ -132,7 +132,7 @@ def test_retrain_follows_the_source_month_by_month(
 
 
 def read_lock_at(repo: Path, rev: str) -> dict:
-    from lineage.record import parse_lock
+    from stage_runtime.record import parse_lock
 
     return parse_lock(run(["git", "show", f"{rev}:dvc.lock"], repo).stdout)
 

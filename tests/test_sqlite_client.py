@@ -1,4 +1,4 @@
-"""The direct client (lineage/sqlite_client.py) against MLflow's own: the same calls on two
+"""The direct client (stage_runtime/sqlite_client.py) against MLflow's own: the same calls on two
 copies of one store, the answers compared, then both stores read back through MLflow."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from lineage import record
-from lineage.sqlite_client import (
+from stage_runtime import record
+from stage_runtime.sqlite_client import (
     NOT_FOUND,
     NonLocalArtifacts,
     SqliteClient,
     SqliteClientError,
 )
-from lineage.sqlite_store import DirectStore
+from stage_runtime.sqlite_store import DirectStore
 
 EXPERIMENT = "taxi-trip-duration"
 MODEL = "taxi-duration"
@@ -415,7 +415,7 @@ def test_it_needs_no_mlflow(stores: tuple[Path, Path, dict[str, str]], tmp_path:
         "import sys, time\n"
         "start = time.perf_counter()\n"
         "from pathlib import Path\n"
-        "from lineage.sqlite_client import SqliteClient\n"
+        "from stage_runtime.sqlite_client import SqliteClient\n"
         f"client = SqliteClient.open(Path({str(path)!r}), {EXPERIMENT!r})\n"
         f"run = {runs['a']!r}\n"
         f"client.log_artifacts(run, {str(tmp_path / 'scratch' / 'model')!r}, 'model')\n"
@@ -453,7 +453,7 @@ def test_concurrent_registrations_get_distinct_versions(
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from lineage.sqlite_client import SqliteClient\n"
+        "from stage_runtime.sqlite_client import SqliteClient\n"
         f"client = SqliteClient.open(Path({str(path)!r}), {EXPERIMENT!r})\n"
         f"print(client.register_model('runs:/{runs['a']}/model', {MODEL!r}).version)\n"
     )

@@ -1,5 +1,5 @@
-"""The direct SQLite writer (lineage/sqlite_store.py) against MLflow's own client: the same run
-read back through MLflow, and a store it must not touch left to MLflow."""
+"""The direct SQLite writer (stage_runtime/sqlite_store.py) against MLflow's own client: the
+same run read back through MLflow, and a store it must not touch left to MLflow."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lineage import record, sqlite_store
-from lineage.sqlite_store import DirectStore, http_source, mlflow_head_revision
-from stages.tracking import ClientWriter, Writer, open_writer
+from stage_runtime import record, sqlite_store
+from stage_runtime.sqlite_store import DirectStore, http_source, mlflow_head_revision
+from stage_runtime.tracking import ClientWriter, Writer, open_writer
 
 EXPERIMENT = "taxi-trip-duration"
 TAGS = {
@@ -254,7 +254,7 @@ def test_a_new_store_from_the_template_needs_no_mlflow(tmp_path: Path, cache: Pa
     assert sqlite_store.store_template() is not None
     code = (
         "import sys\n"
-        "from stages.tracking import open_writer\n"
+        "from stage_runtime.tracking import open_writer\n"
         f"writer = open_writer('sqlite:///{tmp_path / 'new.db'}')\n"
         "run_id = writer.create_run({}, run_name='x')\n"
         "print(type(writer).__name__, 'mlflow' in sys.modules)\n"

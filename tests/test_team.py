@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage.record import locked_outputs, read_lock
+from stage_runtime.record import locked_outputs, read_lock
 from tests.conftest import MONTHS, run
 from tests.stack import Stack, client_env, timing
 
@@ -107,12 +107,12 @@ def test_a_model_trained_in_one_clone_is_traced_from_another(
 def test_a_run_written_through_the_rest_api_reads_back_as_mlflows_own(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """lineage.http_store against the team's MLflow server: the record a stage writes without
+    """stage_runtime.http_store against the team's MLflow server: the record a stage writes without
     importing MLflow is the one MLflow's client writes; what the server refuses is refused."""
-    from lineage import record
-    from lineage.http_store import HttpStore, ServerError
+    from stage_runtime import record
+    from stage_runtime.http_store import HttpStore, ServerError
+    from stage_runtime.tracking import ClientWriter, open_writer
     from stages.common import EnvironmentRefusal
-    from stages.tracking import ClientWriter, open_writer
     from tests.test_sqlite_store import assert_same_run, write
 
     env = client_env(stack)

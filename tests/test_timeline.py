@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lineage.record import parse_lock, read_lock
+from stage_runtime.record import parse_lock, read_lock
 from stages.common import file_md5
 from stages.ingest import fetch
 from stages.tlc import SOURCE_ENV, trip_address, trip_file_name

@@ -1,5 +1,6 @@
-"""The stage-run recorder under faults (stages/tracking.py): real `dvc repro`, real signals, a
-real MLflow store. Whatever happens, the registry, the files and dvc.lock never disagree."""
+"""The stage-run recorder under faults (stage_runtime/tracking.py): real `dvc repro`, real
+signals, a real MLflow store. Whatever happens, the registry, the files and dvc.lock never
+disagree."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from lineage.record import locked_outputs, read_lock
+from stage_runtime.record import locked_outputs, read_lock
 from stages import request
 from stages.common import file_md5
 from tests.conftest import run
@@ -228,7 +229,7 @@ def test_a_full_disk_is_one_line_naming_where(project: Path):
 def test_train_and_evaluate_record_without_importing_mlflow(built: Path):
     """On the embedded store no stage process imports MLflow (1.5-2 s each): train logs and
     registers its model, evaluate searches, tags and moves aliases, all through
-    lineage.sqlite_client and lineage.pyfunc_folder."""
+    stage_runtime.sqlite_client and stage_runtime.pyfunc_folder."""
     repo = built
     count = len(versions(repo))
     set_alpha(repo, 0.3)
@@ -248,14 +249,14 @@ def test_train_and_evaluate_record_without_importing_mlflow(built: Path):
         if line.startswith("import time:") and line.count("|") == 2
     }
     # The stages' own lines are there (modules only train and evaluate import).
-    assert {"registry.champion", "stages.plot_images", "lineage.pyfunc_folder"} <= imported
+    assert {"registry.champion", "stages.plot_images", "stage_runtime.pyfunc_folder"} <= imported
     assert not {name for name in imported if name.split(".")[0] == "mlflow"}
     assert len(versions(repo)) == count + 1
     assert_registry_agrees_with_files(repo)
 
 
 def test_a_model_folder_not_mirrored_is_written_by_mlflow_and_registered(built: Path):
-    """The fallback end to end: a setting lineage.pyfunc_folder does not mirror
+    """The fallback end to end: a setting stage_runtime.pyfunc_folder does not mirror
     (MLFLOW_LOG_MODEL_COMPRESSION) makes train write the model folder with MLflow's own
     save_model. The version is registered from that folder like any other: its files, the
     registry and dvc.lock agree, and MLflow loads it and scores the example as the file does."""

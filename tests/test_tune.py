@@ -222,7 +222,7 @@ def tune_cli(repo: Path, *args: str, check: bool = True) -> subprocess.Completed
 
 def study_runs(repo: Path, name: str) -> tuple[object, list[object]]:
     """The study's MLflow parent run and its child runs."""
-    from lineage import record
+    from stage_runtime import record
 
     client = record.connect(f"sqlite:///{repo / 'mlflow.db'}", create=False)
     experiment = record.experiment_id(client)
@@ -259,7 +259,7 @@ def test_a_small_study_its_winner_and_a_second_process_joining(built):
     registered version traced to the raw months; a second process adds 2 trials to the study."""
     import dvc.api
 
-    from lineage import record
+    from stage_runtime import record
     from tuning import trials
 
     proc = tune_cli(

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lineage.record import StageRecord, VersionRecord
 from lineage.trace import NotFoundError
 from lineage.used_by import Index, UsageError, targets, walk
+from stage_runtime.record import StageRecord, VersionRecord
 from tests.conftest import run, sample_month
 
 MODEL = "nyc-taxi-trip-duration-minutes"
@@ -268,7 +268,7 @@ def test_targets_a_file_an_md5_a_recorded_name_and_a_folder(index, tmp_path, mon
 def test_a_stage_record_read_from_an_mlflow_run():
     from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 
-    from lineage.record import stage_record
+    from stage_runtime.record import stage_record
 
     tags = {
         "stage": "train",

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lineage import record
+from stage_runtime import record
 from stages.common import load_params
 from timeline import source
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lineage import record
+from stage_runtime import record
 from stages.common import BadInputError, load_params
 from tuning import space as spaces
 from tuning import trials as study_trials

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from lineage import record
+from stage_runtime import record
 from stages import model as models
 from stages.common import BadInputError, ModelParams, PrunerParams, file_md5, load_yaml, read_json
 from stages.evaluate import regression_metrics
@@ -84,7 +84,7 @@ def maybe_lock(path: Path | None, purpose: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    from workspaces.locks import file_lock
+    from stage_runtime.locks import file_lock
 
     with file_lock(path, purpose):
         yield
@@ -199,7 +199,7 @@ class Recorder:
     experiment_id: str
     parent_run_id: str
     study: str
-    inputs: dict[str, str]  # the feature files' md5, as `in/<path>` tags (lineage.record)
+    inputs: dict[str, str]  # the feature files' md5, as `in/<path>` tags (stage_runtime.record)
     waiting: list[dict[str, Any]] = field(default_factory=list)
     pending: list[Future] = field(default_factory=list)
     executor: ThreadPoolExecutor = field(

@@ -1,1 +1,2 @@
-"""Git and DVC workspaces: locks on shared repository state, worktrees, experiments. No Prefect."""
+"""Git and DVC workspaces: running DVC, worktrees, experiments (the locks on shared repository
+state are stage_runtime.locks: stages take them too). No Prefect."""

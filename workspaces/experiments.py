@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from stage_runtime.locks import shared_git_state
 from stages.common import PARAMS_FILE, BadInputError, validate_params_text
 from workspaces import repro
-from workspaces.locks import shared_git_state
 
 # `dvc exp save` commits the workspace's small files; no answer in this long is a hang.
 SAVE_TIMEOUT_SECONDS = 600.0
@@ -95,7 +95,7 @@ def save_experiment(repo: Path, name: str, env: Mapping[str, str]) -> str:
     `dvc exp save` leaves untracked files out, and in a fresh clone the git-tracked outputs
     (metrics, plots) and dvc.lock are untracked; `dvc exp run` would have committed them.
 
-    Saves of all worktrees of one repository take turns (workspaces.locks.shared_git_state):
+    Saves of all worktrees of one repository take turns (stage_runtime.locks.shared_git_state):
     each writes the same shared refs under refs/exps/exec, and two at once fail or file one
     worktree's commit under the other's baseline.
     """

@@ -75,7 +75,7 @@ def prune_lock(repo: Path, stages: Iterable[str]) -> list[str]:
     Edited with DVC's own YAML round trip on a copy that replaces dvc.lock in one rename."""
     from dvc.utils.serialize import modify_yaml
 
-    from lineage.record import LOCK_FILE, read_lock
+    from stage_runtime.record import LOCK_FILE, read_lock
 
     lock_file = repo / LOCK_FILE
     keep = set(stages)

@@ -17,6 +17,7 @@ PROJECT_FILES = (
     "stages",
     "flows",
     "lineage",
+    "stage_runtime",
     "registry",
     "tuning",
     "timeline",
@@ -24,6 +25,7 @@ PROJECT_FILES = (
     "services",
     "pyproject.toml",
     ".gitignore",
+    ".dvcignore",
 )
 
 

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from workspaces.locks import shared_git_state
+from stage_runtime.locks import shared_git_state
 
 
 class WorkspaceError(RuntimeError):

@@ -2,7 +2,8 @@
 
 `import mlflow` costs 1.5-2 s a process, and save_model another 0.3-0.5 s, nearly all of it
 warn_dependency_requirement_mismatches scanning the installed packages (a warning: it changes
-no file). For the one form of call the train stage makes (stages.tracking.StageRun._log_model):
+no file). For the one form of call the train stage makes
+(stage_runtime.tracking.StageRun._log_model):
 
     mlflow.pyfunc.save_model(path=..., python_model=<a .py file>, artifacts={name: file},
         code_paths=[...], pip_requirements=[...], signature=..., input_example=<DataFrame>)
@@ -40,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lineage.sqlite_store import mlflow_package_dir
+from stage_runtime.sqlite_store import mlflow_package_dir
 
 # The MLflow release whose save_model this module reproduces; another one is refused.
 MIRRORED_MLFLOW = "3.17.2"

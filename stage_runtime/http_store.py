@@ -4,7 +4,7 @@ A stage that only records its run (ingest, prepare, features) needs five calls o
 create a run, log a batch, log its datasets, end it. Through MLflow's client they cost the
 import of MLflow first, about 2-3 s of every such stage process on the team server
 (benchmarks/results/FINDINGS.md, issue 13); here they cost the requests. The same calls as
-lineage.sqlite_store.DirectStore, so a stage writes its record the same way to either store.
+stage_runtime.sqlite_store.DirectStore, so a stage writes its record the same way to either store.
 
 Used only where MLflow's client would send exactly these requests with nothing else to set
 up: a plain http(s) URI whose authentication, if any, is a token or a user and password.

@@ -10,7 +10,7 @@ Used only on a store MLflow has already built: `DirectStore.open` answers None w
 missing, when its `alembic_version` is not the head revision of the installed MLflow's
 migrations (a new, older or newer schema: MLflow's own client then creates or refuses it, as
 before), or when the pipeline's experiment does not exist yet. The model registry, searches
-and artifacts are lineage.sqlite_client's, on the same connection. tests/test_sqlite_store.py
+and artifacts are stage_runtime.sqlite_client's, on the same connection. tests/test_sqlite_store.py
 holds the two writers to the same result, read back through MLflow.
 
 A new store is a copy of a pristine one (`create_store`): MLflow builds an empty store once

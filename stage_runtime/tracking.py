@@ -1,4 +1,5 @@
-"""The stage-run recorder: one MLflow run per stage run, written in the scheme of lineage.record.
+"""The stage-run recorder: one MLflow run per stage run, written in the scheme of
+stage_runtime.record.
 
 Every stage does its work inside `stage_run(...)` and writes its outputs to staged temporary
 files. At the end, in this order:
@@ -34,10 +35,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from lineage import http_store, record
-from lineage.pyfunc_folder import NotMirroredError, save_pyfunc_folder
-from lineage.sqlite_client import SqliteClient
-from lineage.sqlite_store import DirectStore, create_store, http_source
+from stage_runtime import http_store, record
+from stage_runtime.pyfunc_folder import NotMirroredError, save_pyfunc_folder
+from stage_runtime.sqlite_client import SqliteClient
+from stage_runtime.sqlite_store import DirectStore, create_store, http_source
 from stages.common import (
     STAGE_ENV,
     BadInputError,
@@ -49,7 +50,7 @@ from stages.common import (
     process_identity,
 )
 
-log = logging.getLogger("stages.tracking")
+log = logging.getLogger("stage_runtime.tracking")
 # XGBoost as pyproject.toml has it: the CPU-only build where PyPI has one. Without the markers
 # MLflow looks for the `xgboost` distribution, finds none, and imports the module to read its
 # version: 1.8 s of every train, ridge included.
@@ -64,7 +65,7 @@ MODEL_REQUIREMENTS = [
 ]
 # The file MLflow runs to load a logged model (models from code), and the project modules it
 # imports; they ship inside every registered model, so train depends on them in dvc.yaml.
-PYFUNC_MODEL = Path(__file__).with_name("pyfunc_model.py")
+PYFUNC_MODEL = Path(__file__).resolve().parents[1] / "stages" / "pyfunc_model.py"
 MODEL_CODE = (
     "stages/common.py",
     "stages/encoding.py",
@@ -72,6 +73,9 @@ MODEL_CODE = (
     "stages/pyfunc_model.py",
     "stages/request.py",
 )
+# Code folders dvc.yaml declares as one dependency of every stage (DVC hashes the folder; the
+# record lists its modules file by file).
+CODE_FOLDERS = ("stage_runtime",)
 # Tags naming the process that owns a run, so a later run can tell a dead one (SIGKILL).
 HOST_TAG, PROCESS_TAG = "host", "process"
 # Inside `dvc exp run`, DVC names the experiment and its baseline in these variables.
@@ -115,16 +119,24 @@ def git_state() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
+def folder_modules(folder: Path) -> list[str]:
+    """The `.py` files of a code folder a stage declares whole, as DVC hashes it (.dvcignore
+    leaves __pycache__ out)."""
+    return sorted(p.as_posix() for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
 def code_files(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, str]:
-    """md5 of the code this stage runs: the `.py` dependencies dvc.yaml declares for it, the
-    same files and md5s dvc.lock records (tests/test_dvc_yaml.py holds that list to every
-    module the stage imports). Run by hand outside a DVC project: the project modules this
-    process imported."""
+    """md5 of the code this stage runs: the `.py` dependencies dvc.yaml declares for it, and
+    the modules of a code folder it declares (stage_runtime), file by file: the files DVC
+    hashes for dvc.lock (tests/test_dvc_yaml.py holds that list to every module the stage
+    imports). Run by hand outside a DVC project: the project modules this process imported."""
     name = stage.rpartition(":")[2].partition("@")[0]
     with contextlib.suppress(OSError, KeyError, TypeError, AttributeError):
         definition = load_yaml(dvc_yaml.read_text())["stages"][name]
         deps = (definition.get("do") or definition)["deps"]
-        return {d: file_md5(d) for d in deps if d.endswith(".py")}
+        files = [d for d in deps if d.endswith(".py")]
+        files += [m for d in deps if d in CODE_FOLDERS for m in folder_modules(Path(d))]
+        return {f: file_md5(f) for f in sorted(files)}
     root = Path.cwd().resolve()
     files = {}
     for module in list(sys.modules.values()):
@@ -145,7 +157,8 @@ def model_lineage(lock_file: Path = Path(record.LOCK_FILE)) -> dict[str, str]:
 
 class ClientWriter:
     """The run record through MLflow's client: a tracking server, or a SQLite store that
-    MLflow must first create or migrate. The same calls as lineage.sqlite_store.DirectStore."""
+    MLflow must first create or migrate. The same calls as
+    stage_runtime.sqlite_store.DirectStore."""
 
     def __init__(self, client: Any, uri: str) -> None:
         self.client = client
@@ -198,14 +211,14 @@ Writer = DirectStore | http_store.HttpStore | ClientWriter
 def open_writer(uri: str) -> Writer:
     """The cheapest writer for the run record: sqlite3 straight into a SQLite store MLflow has
     built (no `import mlflow`: 1.5-2 s a process), a new one copied from a pristine store,
-    the REST API of a tracking server through urllib (lineage.http_store), else MLflow's
+    the REST API of a tracking server through urllib (stage_runtime.http_store), else MLflow's
     client (connect_store)."""
     if http_store.usable(uri):
         return connect_server(uri)
     path = record.sqlite_path(uri)
     if path is not None:
         if not path.exists():
-            # A copy of the pristine store MLflow built once (lineage.sqlite_store), not
+            # A copy of the pristine store MLflow built once (stage_runtime.sqlite_store), not
             # MLflow's import and 68 migrations in this process. When it cannot be made,
             # MLflow's client below creates the store, or names what stops it, as before.
             try:
@@ -225,7 +238,7 @@ class StageRun:
     """What a stage tells MLflow while it works; outputs are staged until the run is recorded.
 
     `writer` writes the run record; `client` serves models, the registry and searches: on a
-    SQLite store with local artifacts lineage.sqlite_client's SqliteClient on the writer's own
+    SQLite store with local artifacts stage_runtime.sqlite_client's SqliteClient on the writer's own
     connection (no `import mlflow`), else MLflow's client, opened on first use, so stages that
     only record a run never import MLflow.
     """
@@ -418,8 +431,8 @@ class StageRun:
         equals dvc.lock's) and the code that loads them, nothing pickled.
 
         The folder is the one `mlflow.pyfunc.save_model` writes, written by
-        lineage.pyfunc_folder (no `import mlflow`, none of save_model's dependency scan); MLflow
-        writes it when that module does not mirror the case. Uploaded with the client, not
+        stage_runtime.pyfunc_folder (no `import mlflow`, none of save_model's dependency scan);
+        MLflow writes it when that module does not mirror the case. Uploaded with the client, not
         through `mlflow.start_run`: leaving that context would mark the run FINISHED before its
         outputs are committed.
         """

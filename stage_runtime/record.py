@@ -9,7 +9,7 @@ DVC 3 records in dvc.lock), so a chain of runs can be followed from a model to r
 
 `<path>` is the file's name in the project (lineage_path). The producer of a file is the
 finished run whose `out/<path>` tag holds its md5 (find_producer). The stage-run recorder
-(stages/tracking.py), the lineage tools (lineage.trace) and the flow's report use what is
+(stage_runtime/tracking.py), the lineage tools (lineage.trace) and the flow's report use what is
 defined here and nothing else. Light to import: no mlflow until a client is asked for.
 """
 
@@ -76,8 +76,8 @@ HEALTH_TIMEOUT_SECONDS = 3.0
 def apply_client_defaults() -> None:
     """The MLflow settings of this project's processes (a user's own setting wins): bounded
     retries and timeouts, no pickles, no uv files beside a logged model. Applied by `connect`
-    and by every stage run (stages.tracking.stage_run), so a model folder written without
-    MLflow (lineage.pyfunc_folder) follows them as MLflow's own writer would."""
+    and by every stage run (stage_runtime.tracking.stage_run), so a model folder written without
+    MLflow (stage_runtime.pyfunc_folder) follows them as MLflow's own writer would."""
     for key, value in _CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
 
@@ -86,7 +86,7 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store did not answer: a transient failure, worth a retry."""
 
 
-# The error codes with which MLflow's client (and lineage.sqlite_client) says a model,
+# The error codes with which MLflow's client (and stage_runtime.sqlite_client) says a model,
 # version or alias does not exist; read from the exception, so no caller imports MLflow's
 # exception class (that import is MLflow's whole import).
 NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
@@ -215,7 +215,7 @@ def project_root(start: Path | None = None) -> Path:
     parts = here.parts
     if ".dvc" in parts:
         return Path(*parts[: parts.index(".dvc")])
-    from workspaces.locks import git_common_dir
+    from stage_runtime.locks import git_common_dir
 
     try:
         return git_common_dir(here).parent
@@ -282,7 +282,7 @@ def _store_creation_lock(uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    from workspaces.locks import file_lock
+    from stage_runtime.locks import file_lock
 
     with file_lock(path.with_name(path.name + ".lock"), f"open MLflow store {path}"):
         yield

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage.sqlite_store import (
+from stage_runtime.sqlite_store import (
     KEY_PATTERN,
     MAX_TAG_VALUE,
     RUN_NAME_TAG,
