@@ -373,7 +373,9 @@ def targets(
             and not cache.get("ran"),
             f"restored: {', '.join(cache.get('restored_from_run_cache') or []) or 'none'}; ran: "
             f"{', '.join(cache.get('ran') or []) or 'none'}; new params "
-            f"{cache.get('new_params_seconds')} s",
+            f"{cache.get('new_params_seconds')} s; DVC's own floor, the same runs in a project "
+            f"of two trivial stages: {(cache.get('dvc_floor') or {}).get('earlier_params_seconds')}"
+            f" s (exp apply {(cache.get('dvc_floor') or {}).get('exp_apply_seconds')} s)",
         ),
         verdict(
             f"dvc exp apply of an earlier experiment <= {TARGET_RUN_CACHE_S} s",

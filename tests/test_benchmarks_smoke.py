@@ -30,6 +30,18 @@ def test_machine_slowdown_is_the_geometric_mean_against_the_reference():
     assert machine_slowdown(twice) is None  # the course's script not run at 64x
 
 
+@pytest.mark.slow
+def test_dvc_floor_project_goes_back_to_earlier_params_from_the_run_cache(tmp_path: Path):
+    """Target 2's reference: the bench's protocol in the two-stage project restores both
+    stages and runs none, as it does in the pipeline."""
+    from benchmarks.overhead import back_to_earlier_params, dvc_floor_project, project_env
+
+    env = project_env(tmp_path, SHARED_TLC)
+    result = back_to_earlier_params(dvc_floor_project(tmp_path, env), env)
+    assert result["restored_from_run_cache"] == ["evaluate", "train"]
+    assert result["ran"] == []
+
+
 def test_harness_on_sampled_months_writes_results(small_tlc: Path, tmp_path: Path):
     out = tmp_path / "results"
     cmd = [
