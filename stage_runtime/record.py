@@ -16,6 +16,8 @@ defined here and nothing else. Light to import: no mlflow until a client is aske
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -188,6 +190,22 @@ def read_lock(path: Path | str = LOCK_FILE) -> dict[str, LockedStage]:
     """dvc.lock's stages, or {} when there is no dvc.lock yet."""
     path = Path(path)
     return parse_lock(path.read_text()) if path.is_file() else {}
+
+
+def folder_md5(folder: str, md5s: Mapping[str, str]) -> str:
+    """The md5 dvc.lock records for a folder, from the md5 of each file in it (paths from the
+    project root, as the record's `code/` tags hold them): DVC 3's md5 of the folder's JSON
+    listing (relative path and md5 of each file, sorted by path) plus `.dir`. So the record's
+    file-by-file tags of a folder dependency can be checked against dvc.lock's one entry."""
+    prefix = folder.rstrip("/") + "/"
+    if any(not path.startswith(prefix) for path in md5s):
+        raise ValueError(f"folder_md5: a file outside {folder}: {sorted(md5s)}")
+    listing = sorted(
+        ({"md5": md5, "relpath": path.removeprefix(prefix)} for path, md5 in md5s.items()),
+        key=lambda entry: entry["relpath"],
+    )
+    digest = hashlib.md5(json.dumps(listing, sort_keys=True).encode("utf-8")).hexdigest()
+    return digest + ".dir"
 
 
 def locked_outputs(stages: Mapping[str, LockedStage]) -> dict[str, str]:

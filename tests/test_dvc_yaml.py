@@ -87,38 +87,21 @@ def test_the_committed_lock_matches_the_code() -> None:
     it records has the md5 it records (the lock is regenerated and committed with the code)."""
     import hashlib
 
-    from stage_runtime.tracking import CODE_FOLDERS
+    from stage_runtime.record import folder_md5
+    from stage_runtime.tracking import CODE_FOLDERS, folder_modules
+
+    def file_md5(path: Path | str) -> str:
+        return hashlib.md5((ROOT / path).read_bytes()).hexdigest()
 
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
     for stage, entry in lock.items():
         for dep in entry.get("deps", []):
             path = ROOT / dep["path"]
             if path.suffix == ".py":
-                md5 = hashlib.md5(path.read_bytes()).hexdigest()
+                md5 = file_md5(path)
             elif dep["path"] in CODE_FOLDERS:
-                md5 = dvc_folder_md5(path)
+                files = [Path(m).relative_to(ROOT).as_posix() for m in folder_modules(path)]
+                md5 = folder_md5(dep["path"], {m: file_md5(m) for m in files})
             else:
                 continue
             assert md5 == dep["md5"], f"{stage}: {dep['path']} changed since dvc.lock"
-
-
-def dvc_folder_md5(folder: Path) -> str:
-    """A folder's md5 as DVC 3 records it: the md5 of its JSON listing of files (sorted by
-    relative path, each with its md5; .dvcignore's __pycache__ left out) plus `.dir`."""
-    import hashlib
-    import json
-
-    from stage_runtime.tracking import folder_modules
-
-    files = [Path(m) for m in folder_modules(folder)]
-    assert {p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts} == set(
-        files
-    ), f"{folder} holds files other than modules"
-    listing = [
-        {
-            "md5": hashlib.md5(p.read_bytes()).hexdigest(),
-            "relpath": p.relative_to(folder).as_posix(),
-        }
-        for p in files
-    ]
-    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stage_runtime.record import locked_outputs, read_lock
+from stage_runtime.record import folder_md5, locked_outputs, read_lock
+from stage_runtime.tracking import CODE_FOLDERS
 from tests.conftest import MONTHS, run, sample_month
 
 MODEL = "nyc-taxi-trip-duration-minutes"
@@ -136,7 +137,13 @@ def test_lineage_end_to_end(project, shared_tlc, small_tlc, mlflow_server, tmp_p
             kind, _, path = key.partition("/")
             files[kind][path] = md5
         assert files["out"] == locked[name].outs, name
+        # dvc.lock holds one md5 for a code folder (stage_runtime), the record its files'.
         code = {p: m for p, m in locked[name].deps.items() if p.endswith(".py")}
+        for folder in CODE_FOLDERS:
+            in_folder = {p: m for p, m in files["code"].items() if p.startswith(f"{folder}/")}
+            assert in_folder, f"{name}: no file of {folder} recorded"
+            assert folder_md5(folder, in_folder) == locked[name].deps[folder], name
+            code |= in_folder
         assert files["code"] == code, name
         data = {p: m for p, m in locked[name].deps.items() if not p.endswith(".py")}
         assert {p: m for p, m in data.items() if not m.endswith(".dir")} == {

@@ -120,3 +120,21 @@ def test_paths_outside_the_project_survive_mlflow_key_normalisation(
     assert name.endswith("/elsewhere/model.json")
     assert record.lineage_uri(name) == (tmp_path / "elsewhere" / "model.json").as_uri()
     assert record.lineage_path("../elsewhere/model.json") == name
+
+
+def test_folder_md5_is_dvcs_own():
+    """The md5 dvc.lock records for a folder, from its files' md5s as the record tags them,
+    equals the one DVC's own tree hashing gives (nested paths, any order)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    files = {"pkg/b.py": "bb" * 16, "pkg/a.py": "aa" * 16, "pkg/sub/c.py": "cc" * 16}
+    tree = Tree()
+    for path, md5 in files.items():
+        tree.add(tuple(path.split("/")[1:]), Meta(), HashInfo("md5", md5))
+    tree.digest()
+    assert record.folder_md5("pkg", files) == tree.hash_info.value
+    assert record.folder_md5("pkg/", files) == tree.hash_info.value
+    with pytest.raises(ValueError, match="outside pkg"):
+        record.folder_md5("pkg", {**files, "other/d.py": "dd" * 16})
