@@ -6,7 +6,7 @@ TLC_SOURCE ?= $(abspath $(wildcard ../shared/nyc-taxi))
 export TLC_SOURCE
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 
-.PHONY: help env pipeline prefect-status prefect-stop test test-fast lint bench services services-down \
+.PHONY: help env bytecode pipeline prefect-status prefect-stop test test-fast lint bench services services-down \
 	services-status
 
 help: ## list the targets
@@ -23,7 +23,17 @@ env: .venv/.synced ## install uv if missing, then the locked environment (.venv,
 	@$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $@
 
-pipeline: env ## run the whole pipeline on the real data (dvc repro: only what changed)
+# The project's own modules, compiled once per change: with PYTHONDONTWRITEBYTECODE set (as
+# here, on CI and in many container images) Python never caches them, and every stage process
+# compiled what it imports (stages/ and stage_runtime/: about 0.3 s a process, 10 a cold
+# repro). Up-to-date files are skipped; a stale .pyc is never used (Python checks the
+# source's mtime and size). .dvcignore keeps __pycache__ out of the stages' folder dependency.
+CODE_DIRS := $(sort $(dir $(wildcard */*.py)))
+
+bytecode: env ## compile the project's modules (make pipeline, test and bench do it first)
+	@$(UV) run --frozen python -m compileall -q $(CODE_DIRS)
+
+pipeline: env bytecode ## run the whole pipeline on the real data (dvc repro: only what changed)
 	$(UV) run --frozen python -m flows.pipeline
 
 prefect-status: ## the Prefect server make pipeline keeps for this project (URL, last run)
@@ -39,16 +49,16 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n :
 
 PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
-test: env ## run every test, the slow end-to-end ones included
+test: env bytecode ## run every test, the slow end-to-end ones included
 	$(UV) run --frozen pytest -m "slow or not slow" $(PARALLEL) --durations=25
 
-test-fast: env ## run the unit tests only
+test-fast: env bytecode ## run the unit tests only
 	$(UV) run --frozen pytest $(PARALLEL)
 
 lint: env ## ruff lint and format check
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
 
-bench: env ## run every benchmark (about 10 min); results in benchmarks/results/
+bench: env bytecode ## run every benchmark (about 10 min); results in benchmarks/results/
 	$(UV) run --frozen python -m benchmarks.run
 
 # Team mode (services/README-team.md): real servers on 127.0.0.1, state and logs in .services/.

@@ -38,7 +38,9 @@ def scratch_project(dest: Path, env: Mapping[str, str]) -> Path:
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+            # With the compiled modules (`make bytecode`): the copy's processes use them as the
+            # project's do (copytree keeps each source's mtime, which Python checks a .pyc by).
+            shutil.copytree(src, dest / name)
         elif src.exists():
             shutil.copyfile(src, dest / name)
     for cmd in (
