@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from flows.local_server import IDLE_ENV
-from workspaces.scratch import scratch_project
+from workspaces.scratch import INIT_COMMANDS, scratch_project
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORT_REPEATS = 3
@@ -166,24 +166,17 @@ FLOOR_FILES = {
     "    outs: [model.txt]\n"
     "  evaluate:\n    cmd: python evaluate.py\n    deps: [evaluate.py, model.txt]\n"
     "    metrics: [{metrics.json: {cache: false}}]\n",
-    ".gitignore": "",
 }
 
 
 def dvc_floor_project(workdir: Path, env: dict[str, str]) -> Path:
-    """A built git + DVC project of two trivial stages (FLOOR_FILES), DVC configured as in
-    scratch_project."""
+    """A built git + DVC project of two trivial stages (FLOOR_FILES), set up as a scratch
+    project is (INIT_COMMANDS)."""
     repo = workdir / "dvc-floor"
     repo.mkdir(parents=True)
     for name, text in FLOOR_FILES.items():
         (repo / name).write_text(text)
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.autostage", "true"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["dvc", "repro", "-q"],
-    ):
+    for cmd in (*INIT_COMMANDS, ["dvc", "repro", "-q"]):
         timed(cmd, repo, env)
     return repo
 

@@ -266,6 +266,7 @@ def targets(
     slowest = max(per_stage, key=per_stage.get) if per_stage else None
     cold = dvc.get("full_seconds")
     cache = dvc.get("run_cache") or {}
+    floor = cache.get("dvc_floor") or {}  # DVC's own time for target 2, two trivial stages
     return [
         verdict(
             f"features+train at {TARGET_SCALE}x: course Lasso / ours ridge >= {TARGET_SPEEDUP}",
@@ -374,8 +375,8 @@ def targets(
             f"restored: {', '.join(cache.get('restored_from_run_cache') or []) or 'none'}; ran: "
             f"{', '.join(cache.get('ran') or []) or 'none'}; new params "
             f"{cache.get('new_params_seconds')} s; DVC's own floor, the same runs in a project "
-            f"of two trivial stages: {(cache.get('dvc_floor') or {}).get('earlier_params_seconds')}"
-            f" s (exp apply {(cache.get('dvc_floor') or {}).get('exp_apply_seconds')} s)",
+            f"of two trivial stages: {floor.get('earlier_params_seconds')} s (exp apply "
+            f"{floor.get('exp_apply_seconds')} s)",
         ),
         verdict(
             f"dvc exp apply of an earlier experiment <= {TARGET_RUN_CACHE_S} s",

@@ -192,6 +192,12 @@ def read_lock(path: Path | str = LOCK_FILE) -> dict[str, LockedStage]:
     return parse_lock(path.read_text()) if path.is_file() else {}
 
 
+def folder_modules(folder: Path) -> list[str]:
+    """The `.py` files of a code folder a stage declares whole, as DVC hashes it (.dvcignore
+    leaves __pycache__ out); folder_md5 of their md5s is dvc.lock's md5 of the folder."""
+    return sorted(p.as_posix() for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
 def folder_md5(folder: str, md5s: Mapping[str, str]) -> str:
     """The md5 dvc.lock records for a folder, from the md5 of each file in it (paths from the
     project root, as the record's `code/` tags hold them): DVC 3's md5 of the folder's JSON

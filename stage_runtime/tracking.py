@@ -119,12 +119,6 @@ def git_state() -> dict[str, str]:
     return {"git_commit": commit, "git_dirty": str(bool(dirty)).lower()}
 
 
-def folder_modules(folder: Path) -> list[str]:
-    """The `.py` files of a code folder a stage declares whole, as DVC hashes it (.dvcignore
-    leaves __pycache__ out)."""
-    return sorted(p.as_posix() for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
-
-
 def code_files(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, str]:
     """md5 of the code this stage runs: the `.py` dependencies dvc.yaml declares for it, and
     the modules of a code folder it declares (stage_runtime), file by file: the files DVC
@@ -135,7 +129,7 @@ def code_files(stage: str, dvc_yaml: Path = Path("dvc.yaml")) -> dict[str, str]:
         definition = load_yaml(dvc_yaml.read_text())["stages"][name]
         deps = (definition.get("do") or definition)["deps"]
         files = [d for d in deps if d.endswith(".py")]
-        files += [m for d in deps if d in CODE_FOLDERS for m in folder_modules(Path(d))]
+        files += [m for d in deps if d in CODE_FOLDERS for m in record.folder_modules(Path(d))]
         return {f: file_md5(f) for f in sorted(files)}
     root = Path.cwd().resolve()
     files = {}

@@ -60,7 +60,8 @@ def test_every_stage_depends_on_the_code_it_runs(monkeypatch) -> None:
     """A change to any module a stage imports (or ships inside a model) makes it stale, and
     nothing else does: a code folder a stage declares whole (stage_runtime) holds only modules
     that every stage imports, and the record lists them file by file (code_files)."""
-    from stage_runtime.tracking import CODE_FOLDERS, MODEL_CODE, code_files, folder_modules
+    from stage_runtime.record import folder_modules
+    from stage_runtime.tracking import CODE_FOLDERS, MODEL_CODE, code_files
 
     monkeypatch.chdir(ROOT)  # dvc.yaml's paths, as a stage process sees them
     for name, stage in stage_definitions().items():
@@ -82,26 +83,22 @@ def test_every_stage_depends_on_the_code_it_runs(monkeypatch) -> None:
         assert set(recorded) == expected, f"stage {name}: the record lists {sorted(recorded)}"
 
 
-def test_the_committed_lock_matches_the_code() -> None:
+def test_the_committed_lock_matches_the_code(monkeypatch) -> None:
     """A fresh clone's `dvc repro` must find the committed dvc.lock current: every code file
     it records has the md5 it records (the lock is regenerated and committed with the code)."""
-    import hashlib
+    from stage_runtime.record import folder_md5, folder_modules
+    from stage_runtime.tracking import CODE_FOLDERS
+    from stages.common import file_md5
 
-    from stage_runtime.record import folder_md5
-    from stage_runtime.tracking import CODE_FOLDERS, folder_modules
-
-    def file_md5(path: Path | str) -> str:
-        return hashlib.md5((ROOT / path).read_bytes()).hexdigest()
-
+    monkeypatch.chdir(ROOT)  # dvc.lock's paths
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
     for stage, entry in lock.items():
         for dep in entry.get("deps", []):
-            path = ROOT / dep["path"]
-            if path.suffix == ".py":
+            path = dep["path"]
+            if path.endswith(".py"):
                 md5 = file_md5(path)
-            elif dep["path"] in CODE_FOLDERS:
-                files = [Path(m).relative_to(ROOT).as_posix() for m in folder_modules(path)]
-                md5 = folder_md5(dep["path"], {m: file_md5(m) for m in files})
+            elif path in CODE_FOLDERS:
+                md5 = folder_md5(path, {m: file_md5(m) for m in folder_modules(Path(path))})
             else:
                 continue
-            assert md5 == dep["md5"], f"{stage}: {dep['path']} changed since dvc.lock"
+            assert md5 == dep["md5"], f"{stage}: {path} changed since dvc.lock"

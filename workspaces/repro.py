@@ -235,17 +235,14 @@ class DvcWorker:
     ) -> CommandResult:
         """Run `dvc <args>` with environment `env`, passing each output line on as it comes.
         One request at a time: a second thread waits for the first's answer."""
+        request = json.dumps({"args": args, "env": dict(env)}) + "\n"
         with self._serving:
-            return self._run(args, env, timeout, on_line)
+            return self._exchange(self.start(), request, timeout, on_line)
 
-    def _run(
-        self,
-        args: list[str],
-        env: Mapping[str, str],
-        timeout: float,
-        on_line: Callable[[str], None],
+    def _exchange(
+        self, proc: subprocess.Popen, request: str, timeout: float, on_line: Callable[[str], None]
     ) -> CommandResult:
-        proc = self.start()
+        """Send one request line to `proc` and read its output up to the answer's marker."""
         answer, marker = self._lines, self._marker
         lines: list[str] = []
         deadline = time.monotonic() + timeout
@@ -254,7 +251,7 @@ class DvcWorker:
         try:
             assert proc.stdin is not None
             with contextlib.suppress(OSError):  # a process that died: its end of output says so
-                proc.stdin.write(json.dumps({"args": args, "env": dict(env)}) + "\n")
+                proc.stdin.write(request)
                 proc.stdin.flush()
             while True:
                 try:

@@ -29,6 +29,16 @@ PROJECT_FILES = (
 )
 
 
+# A new git + DVC repository as the tests and benchmarks want it: DVC stages what it writes
+# (autostage), and sends no analytics.
+INIT_COMMANDS = (
+    ["git", "init", "-q", "-b", "main"],
+    ["dvc", "init", "-q"],
+    ["dvc", "config", "core.autostage", "true"],
+    ["dvc", "config", "core.analytics", "false"],
+)
+
+
 def scratch_project(dest: Path, env: Mapping[str, str]) -> Path:
     """Copy PROJECT_FILES into `dest`, `git init` + `dvc init` there and commit; return it.
 
@@ -43,14 +53,7 @@ def scratch_project(dest: Path, env: Mapping[str, str]) -> Path:
             shutil.copytree(src, dest / name)
         elif src.exists():
             shutil.copyfile(src, dest / name)
-    for cmd in (
-        ["git", "init", "-q", "-b", "main"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.autostage", "true"],
-        ["dvc", "config", "core.analytics", "false"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "pipeline"],
-    ):
+    for cmd in (*INIT_COMMANDS, ["git", "add", "-A"], ["git", "commit", "-qm", "pipeline"]):
         proc = subprocess.run(
             cmd, cwd=dest, env=dict(env), capture_output=True, text=True, check=False
         )
