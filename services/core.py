@@ -10,7 +10,6 @@ nothing. One `up`/`down` at a time per state folder (a lock file in it).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from services import envfile, mlflow_server, postgres, prefect_server, seaweedfs
 from services.config import DVC_BUCKET, MLFLOW_BUCKET, WORK_POOL, Config
 from services.credentials import Credentials, load_or_create
 from services.process import ServiceError, port_free, running_record
+from stage_runtime.locks import LockTimeoutError, file_lock
 
 LOCK_WAIT = 600.0
 
@@ -37,19 +37,15 @@ class Outcome:
 
 @contextlib.contextmanager
 def _locked(cfg: Config) -> Iterator[None]:
-    cfg.root.mkdir(parents=True, exist_ok=True)
-    with open(cfg.root / "lock", "w") as handle:
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ServiceError(
-                        "lock", f"another up/down held {cfg.root}/lock for {LOCK_WAIT:g} s"
-                    ) from None
-                time.sleep(0.2)
+    """One `up` or `down` at a time for this stack (the project's flock, stage_runtime.locks)."""
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(file_lock(cfg.root / "lock", "services up/down", LOCK_WAIT))
+    except LockTimeoutError:
+        raise ServiceError(
+            "lock", f"another up/down held {cfg.root}/lock for {LOCK_WAIT:g} s"
+        ) from None
+    with held:
         yield
 
 
