@@ -112,28 +112,27 @@ def ours_prepare(spec: dict, result: dict) -> None:
 
 
 def ours_features(spec: dict, result: dict) -> None:
-    from stages.encoding import encode
+    from stages.encoding import encode, n_rows, read_table, write_table
     from stages.features import fit_encoders, read_zones
 
     params = _ours_params()
-    train = pd.read_parquet(_file(spec, "clean").with_suffix(".parquet"))
+    train = read_table(_file(spec, "clean").with_suffix(".parquet"))
     zones = read_zones(Path(spec["zones"]))
     with measured(result):
         encoders = fit_encoders(
             train, zones, params["features"], params["prepare"].max_distance_miles
         )
         features = encode(train, encoders)
-    result["rows"] = len(train)
-    features.to_parquet(_file(spec, "features").with_suffix(".parquet"), index=False)
+    result["rows"] = n_rows(train)
+    write_table(features, _file(spec, "features").with_suffix(".parquet"))
     _file(spec, "encoders").with_suffix(".json").write_text(json.dumps(encoders))
     validation, _ = _ours_clean(Path(spec["validation_raw"]), VALIDATION_MONTH, params)
-    encode(validation, encoders).to_parquet(
-        _file(spec, "validation").with_suffix(".parquet"), index=False
-    )
+    write_table(encode(validation, encoders), _file(spec, "validation").with_suffix(".parquet"))
 
 
 def ours_train(spec: dict, result: dict) -> None:
     from stages import model as models
+    from stages.encoding import n_rows, read_table
 
     params = _ours_params()
     base = params["base"]
@@ -141,14 +140,14 @@ def ours_train(spec: dict, result: dict) -> None:
     if spec["model"] == "lasso":
         update["alpha"] = COURSE_LASSO_ALPHA  # like for like with the course's Lasso
     model_params = dataclasses.replace(params["model"], **update)
-    features = pd.read_parquet(_file(spec, "features").with_suffix(".parquet"))
+    features = read_table(_file(spec, "features").with_suffix(".parquet"))
     encoders = json.loads(_file(spec, "encoders").with_suffix(".json").read_text())
     with measured(result):
         model = models.fit(features, encoders, model_params, seed=base.seed, threads=base.threads)
-    validation = pd.read_parquet(_file(spec, "validation").with_suffix(".parquet"))
+    validation = read_table(_file(spec, "validation").with_suffix(".parquet"))
     predicted = models.predict(model, validation, encoders, base.threads)
     result.update(
-        rows=len(features),
+        rows=n_rows(features),
         validation_rmse=rmse(validation[models.TARGET], predicted),
         params={"alpha": model_params.alpha}
         if spec["model"] != "xgboost"
@@ -164,6 +163,7 @@ def ours_dask(spec: dict, result: dict) -> None:
     each: the cluster's start, reading the features as partitions and the fit are timed."""
     from stages import cluster
     from stages import model as models
+    from stages.encoding import n_rows, read_table
 
     params = _ours_params()
     base = params["base"]
@@ -178,10 +178,10 @@ def ours_dask(spec: dict, result: dict) -> None:
         model, _ = cluster.fit_on_cluster(
             features, model_params, seed=base.seed, threads=spec["workers"]
         )
-    validation = pd.read_parquet(_file(spec, "validation").with_suffix(".parquet"))
+    validation = read_table(_file(spec, "validation").with_suffix(".parquet"))
     predicted = models.predict(model, validation, encoders, base.threads)
     result.update(
-        rows=int(pd.read_parquet(features, columns=["hour"]).shape[0]),
+        rows=n_rows(read_table(features, columns=["hour"])),
         validation_rmse=rmse(validation[models.TARGET], predicted),
         params={"n_rounds": xgb_params.n_rounds, "workers": spec["workers"]},
     )

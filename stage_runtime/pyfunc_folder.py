@@ -264,7 +264,12 @@ class _NumpyEncoder(json.JSONEncoder):
     # Branch for branch MLflow's, so that any value dumps as MLflow dumps it.
     def try_convert(self, o: Any) -> tuple[Any, bool]:  # noqa: PLR0911
         import numpy as np
-        import pandas as pd
+
+        # A pd.Timestamp exists only if pandas was imported (train's example does not need it).
+        pd = sys.modules.get("pandas")
+        times = (datetime.date, datetime.datetime, datetime.time)
+        if pd is not None:
+            times = (pd.Timestamp, *times)
 
         def encode_binary(x: bytes) -> str:
             return base64.encodebytes(x).decode("ascii")
@@ -282,7 +287,7 @@ class _NumpyEncoder(json.JSONEncoder):
             return encode_binary(o), True
         if isinstance(o, np.datetime64):
             return np.datetime_as_string(o), True
-        if isinstance(o, pd.Timestamp | datetime.date | datetime.datetime | datetime.time):
+        if isinstance(o, times):
             return o.isoformat(), True
         # MLflow dumps pydantic models too; none can exist unless pydantic was imported.
         pydantic = sys.modules.get("pydantic")
@@ -295,20 +300,55 @@ class _NumpyEncoder(json.JSONEncoder):
         return result if converted else super().default(o)
 
 
+def _split_of_columns(example: Mapping[str, Any]) -> dict[str, Any]:
+    """What _Example makes of `pd.DataFrame(example)` (`where(notnull, None)`, then
+    `to_dict(orient="split")` without the index) for columns of numpy ints, floats and
+    datetimes: the form train hands the example in, without importing pandas for it. Other
+    columns are not mirrored. pandas keeps a float column's NaN and a time column's NaT
+    through `where`, and MLflow's encoder writes them as `NaN` and `"NaT"`: so do these."""
+    import numpy as np
+
+    cells = []
+    for name, column in example.items():
+        values = np.asarray(column)
+        if not isinstance(name, str) or values.ndim != 1:
+            raise NotMirroredError(f"input_example: column {name!r} is not a named 1-d array")
+        if values.dtype.kind == "M":
+            stamps = values.astype("datetime64[us]")
+            if not np.array_equal(stamps, values, equal_nan=True):
+                raise NotMirroredError(f"input_example: column {name!r} is finer than microseconds")
+            # pd.Timestamp.isoformat of a microsecond time is datetime's.
+            cells.append(["NaT" if np.isnat(v) else v.item().isoformat() for v in stamps])
+        elif values.dtype.kind == "f":
+            cells.append(values.tolist())
+        elif values.dtype.kind in "iub":
+            cells.append(values.tolist())
+        else:
+            raise NotMirroredError(f"input_example: column {name!r} of {values.dtype}")
+    if len({len(c) for c in cells}) > 1:
+        raise NotMirroredError("input_example: columns of different lengths")
+    return {"columns": list(example), "data": [list(row) for row in zip(*cells, strict=True)]}
+
+
 def example_files(example: Any) -> tuple[str, str, dict[str, str]]:
     """(input_example.json, serving_input_example.json, saved_input_example_info) for a
-    DataFrame example, as _Example makes them (split orient, no index, nulls as null)."""
-    import pandas as pd
+    DataFrame example, or a mapping of column name to numpy array (what `pd.DataFrame` of it
+    gives), as _Example makes them (split orient, no index, nulls as null)."""
+    if isinstance(example, Mapping):
+        split = _split_of_columns(example)
+    else:
+        import pandas as pd
 
-    if not isinstance(example, pd.DataFrame):
-        raise NotMirroredError(
-            f"input_example: only a pandas DataFrame is mirrored, got {type(example).__name__}"
-        )
-    frame = copy.deepcopy(example)
-    split = frame.where(frame.notnull(), None).to_dict(orient="split")
-    del split["index"]
-    if all(frame.columns == range(len(frame.columns))):
-        del split["columns"]
+        if not isinstance(example, pd.DataFrame):
+            raise NotMirroredError(
+                "input_example: only a pandas DataFrame or a mapping of columns is mirrored, "
+                f"got {type(example).__name__}"
+            )
+        frame = copy.deepcopy(example)
+        split = frame.where(frame.notnull(), None).to_dict(orient="split")
+        del split["index"]
+        if all(frame.columns == range(len(frame.columns))):
+            del split["columns"]
     info = {
         "artifact_path": EXAMPLE_FILE,
         "type": "dataframe",
@@ -362,11 +402,12 @@ def check_example(example: Any, columns: list[dict[str, Any]]) -> None:
     and conversions are not mirrored: such an example is refused, not guessed."""
     import numpy as np
 
-    if example.columns.has_duplicates:
+    names = list(example) if isinstance(example, Mapping) else list(example.columns)
+    if len(set(names)) != len(names):
         raise NotMirroredError("input_example: a column name appears twice")
     for column in columns:
         name = column["name"]
-        if name not in example.columns:
+        if name not in names:
             if column["required"]:
                 raise NotMirroredError(f"input_example: required column {name!r} missing")
             continue

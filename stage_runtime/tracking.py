@@ -451,9 +451,14 @@ class StageRun:
             except NotMirroredError as exc:
                 log.info("model folder written by MLflow: %s", exc)
                 import mlflow
+                import pandas as pd
                 from mlflow.models import ModelSignature
 
                 signature = ModelSignature.from_dict(spec["signature"])
+                # A mapping of columns is, for MLflow, a dict of tensors: the table is a frame.
+                example = arguments["input_example"]
+                if isinstance(example, Mapping):
+                    arguments["input_example"] = pd.DataFrame(example)
                 mlflow.pyfunc.save_model(path=str(saved), signature=signature, **arguments)
             self.client.log_artifacts(self.run_id, str(saved), "model")
         self._model_uri = f"runs:/{self.run_id}/model"

@@ -10,13 +10,14 @@ they stay a function of code, params and data."""
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from registry import champion
 from stage_runtime.tracking import StageRun, stage_run
@@ -30,9 +31,15 @@ from stages.common import (
     run_stage,
     write_json,
 )
+from stages.encoding import Table, read_table, write_table
 
 log = logging.getLogger("stages.evaluate")
 EVAL_SPLITS = ("validation", "test")
+# pd.cut's label precision: the first bucket's left edge is lowered by 10**-precision so that
+# the lowest distance falls in it (include_lowest), and the labels print the edges rounded.
+LABEL_PRECISION = 3
+# A plot table: its columns in order, each a sequence of cells.
+PlotTable = dict[str, Sequence[Any]]
 
 
 def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -46,46 +53,86 @@ def regression_metrics(actual: np.ndarray, predicted: np.ndarray) -> dict[str, f
     }
 
 
-def distance_buckets(values: pd.Series, edges: list[float]) -> pd.Series:
-    """Each trip's distance bucket, labelled as pd.cut prints its interval (`(1.0, 2.0]`),
-    missing outside every bucket. Categorical, in the buckets' order, so tables and plots
-    list them by distance and not as text sorts them (`(12.0, 20.0]` before `(2.0, 3.0]`);
-    the labels are made once per bucket, not per trip (0.1-0.19 s a month that way)."""
-    buckets = pd.cut(values, edges, include_lowest=True)
-    return buckets.cat.rename_categories([str(b) for b in buckets.cat.categories])
+def _round_frac(x: float, precision: int) -> float:
+    """An edge as pd.cut prints it: `precision` digits, after the leading zeros of a fraction."""
+    if not np.isfinite(x) or x == 0:
+        return x
+    fraction, whole = np.modf(x)
+    digits = precision if whole != 0 else -int(np.floor(np.log10(abs(fraction)))) - 1 + precision
+    return float(np.around(x, digits))
+
+
+def bucket_labels(edges: Sequence[float]) -> list[str]:
+    """The buckets' labels as pd.cut(..., include_lowest=True) prints its intervals:
+    `(-0.001, 1.0]`, `(1.0, 2.0]`, ... (the precision raised until the edges print apart)."""
+    precision = LABEL_PRECISION
+    while len({_round_frac(float(e), precision) for e in edges}) < len(edges) and precision < 19:
+        precision += 1
+    shown = [_round_frac(float(e), precision) for e in edges]
+    shown[0] = float(shown[0] - 10.0**-precision)
+    return [f"({float(lo)}, {float(hi)}]" for lo, hi in zip(shown, shown[1:], strict=False)]
+
+
+def distance_buckets(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Each trip's distance bucket (right-closed, the lowest edge included; bucket_labels
+    names them), -1 outside every bucket, as pd.cut(..., include_lowest=True) assigns them."""
+    values = np.asarray(values, dtype=np.float64)
+    bounds = np.asarray(edges, dtype=np.float64)
+    buckets = np.searchsorted(bounds, values, side="left") - 1
+    buckets[values == bounds[0]] = 0
+    buckets[~((values >= bounds[0]) & (values <= bounds[-1]))] = -1  # NaN too
+    return buckets
+
+
+def residual_groups(
+    split: str, column: str, keys: np.ndarray, residual: np.ndarray, names: Sequence[Any]
+) -> PlotTable:
+    """Mean residual, trips and RMSE per key present (keys >= 0, in key order), each group's
+    trips in file order; the key printed as names[key]."""
+    kept = np.flatnonzero(keys >= 0)
+    order = kept[np.argsort(keys[kept], kind="stable")]
+    present, starts = np.unique(keys[order], return_index=True)
+    groups = np.split(residual[order], starts[1:])
+    return {
+        column: [names[k] for k in present.tolist()],
+        # np.round, as pandas' DataFrame.round (Python's round differs in the last digit).
+        "mean_residual": [float(np.round(np.mean(g), 4)) for g in groups],
+        "trips": [len(g) for g in groups],
+        "rmse": [float(np.round(np.sqrt(np.mean(g**2)), 4)) for g in groups],
+        "split": [split] * len(groups),
+    }
 
 
 def plot_tables(
-    split: str, features: pd.DataFrame, predicted: np.ndarray, params: EvaluateParams
-) -> dict[str, pd.DataFrame]:
+    split: str, features: Table, predicted: np.ndarray, params: EvaluateParams
+) -> dict[str, PlotTable]:
     """Rows for DVC plots: sampled predicted vs actual, and residuals by hour and distance."""
-    actual = features[models.TARGET].to_numpy()
-    frame = pd.DataFrame(
-        {
-            "split": split,
-            "actual": actual.round(4),
-            "predicted": predicted.round(4),
-            "residual": (predicted - actual).round(4),
-            "hour": features["hour"].to_numpy(),
-            "distance_bucket": distance_buckets(
-                features["trip_distance"], params.distance_buckets_miles
-            ),
-        }
-    )
-
-    def by(column: str) -> pd.DataFrame:
-        grouped = frame.groupby(column, observed=True, sort=True)["residual"]
-        out = grouped.agg(mean_residual="mean", trips="size").reset_index()
-        out["rmse"] = grouped.apply(lambda r: float(np.sqrt(np.mean(r**2)))).to_numpy()
-        return out.assign(split=split).round(4)
-
+    actual = np.asarray(features[models.TARGET], dtype=np.float64)
+    residual = (predicted - actual).round(4)
+    sampled = slice(None, None, params.plot_every_nth)
+    hours = np.asarray(features["hour"]).astype(np.int64)
+    edges = params.distance_buckets_miles
+    buckets = distance_buckets(np.asarray(features["trip_distance"]), edges)
     return {
-        "predicted_vs_actual": frame.iloc[:: params.plot_every_nth][
-            ["split", "actual", "predicted"]
-        ],
-        "residuals_by_hour": by("hour"),
-        "residuals_by_distance": by("distance_bucket"),
+        "predicted_vs_actual": {
+            "split": [split] * len(actual[sampled]),
+            "actual": actual[sampled].round(4).tolist(),
+            "predicted": predicted[sampled].round(4).tolist(),
+        },
+        "residuals_by_hour": residual_groups(split, "hour", hours, residual, range(24)),
+        "residuals_by_distance": residual_groups(
+            split, "distance_bucket", buckets, residual, bucket_labels(edges)
+        ),
     }
+
+
+def write_csv(parts: Sequence[PlotTable], path: Path) -> None:
+    """Tables of the same columns, one after another, as one CSV file with a header."""
+    with open(path, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file, lineterminator="\n")
+        writer.writerow(list(parts[0]))
+        for part in parts:
+            writer.writerows(zip(*part.values(), strict=True))
 
 
 def main(argv: list[str] | None) -> None:
@@ -114,19 +161,19 @@ def main(argv: list[str] | None) -> None:
         model = models.load(args.model)
         metrics, parts = {}, {}
         for split, path in feature_paths.items():
-            features = pd.read_parquet(path)
+            features = read_table(path)
             predicted = models.predict(model, features, encoders, params["base"].threads)
-            actual = features[models.TARGET].to_numpy()
+            actual = np.asarray(features[models.TARGET])
             metrics[split] = regression_metrics(actual, predicted)
-            pd.DataFrame({"actual": actual, "predicted": predicted}).to_parquet(
-                run.output(args.predictions.format(split=split)), index=False, compression="zstd"
+            write_table(
+                {"actual": actual, "predicted": predicted},
+                run.output(args.predictions.format(split=split)),
             )
             for name, table in plot_tables(split, features, predicted, params["evaluate"]).items():
                 parts.setdefault(name, []).append(table)
-        tables = {name: pd.concat(p, ignore_index=True) for name, p in parts.items()}
-        plot_files = {name: run.output(args.plots.format(name=name)) for name in tables}
-        for name, table in tables.items():
-            table.to_csv(plot_files[name], index=False)
+        plot_files = {name: run.output(args.plots.format(name=name)) for name in parts}
+        for name, tables in parts.items():
+            write_csv(tables, plot_files[name])
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as image_dir:
@@ -174,7 +221,7 @@ def rescore(model_dir: Path, clean_paths: dict[str, list[Path]], threads: int) -
     for split, paths in clean_paths.items():
         trips = read_split(paths)
         predicted = models.predict_trips(model, encoders, trips, threads)
-        rmse[split] = regression_metrics(trips[models.TARGET].to_numpy(), predicted)["rmse"]
+        rmse[split] = regression_metrics(np.asarray(trips[models.TARGET]), predicted)["rmse"]
     return rmse
 
 

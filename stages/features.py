@@ -8,11 +8,11 @@ and pair key, a chunk of trips at a time.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from stage_runtime.tracking import stage_run
 from stages.common import (
@@ -23,48 +23,86 @@ from stages.common import (
     run_stage,
     write_json,
 )
-from stages.encoding import PAIR_BASE, dense_range, encode
+from stages.encoding import (
+    PAIR_BASE,
+    Table,
+    concat_tables,
+    dense_range,
+    encode,
+    n_rows,
+    read_table,
+    write_table,
+)
 from stages.request import example_request
 
 log = logging.getLogger("stages.features")
 EXAMPLE_TRIPS = 5  # real training trips, logged with the model as its input example
+ZONE_COLUMNS = ("LocationID", "Borough")
+# A borough the lookup leaves blank or marks missing (zone 265 has "N/A") is "Unknown", as the
+# lookup's own zone 264 is: the strings pandas' read_csv reads as missing, which this stage
+# used before it read the CSV itself.
+MISSING_BOROUGH = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan"}
+    | {"null", "-NaN", "-nan", "1.#IND", "1.#QNAN", "-1.#IND", "-1.#QNAN"}
+)
+UNKNOWN_BOROUGH = "Unknown"
 
 
-def read_zones(path: Path) -> pd.DataFrame:
-    zones = pd.read_csv(path, usecols=["LocationID", "Borough"])
-    return zones.assign(Borough=zones["Borough"].fillna("Unknown"))
+def read_zones(path: Path) -> dict[str, np.ndarray]:
+    """The zone lookup's LocationID (int64) and Borough (str) columns."""
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            rows, header = list(reader), reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: cannot read the zone lookup: {exc}") from None
+    missing = [c for c in ZONE_COLUMNS if c not in header]
+    if missing:
+        raise BadInputError(f"{path}: zone lookup without column(s) {', '.join(missing)}")
+    if not rows:
+        raise BadInputError(f"{path}: zone lookup without zones")
+    try:
+        ids = np.array([int(row["LocationID"]) for row in rows], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(
+            f"{path}: column LocationID: expected integer zone ids ({exc})"
+        ) from None
+    boroughs = [row["Borough"] or "" for row in rows]
+    boroughs = [UNKNOWN_BOROUGH if b in MISSING_BOROUGH else b for b in boroughs]
+    return {"LocationID": ids, "Borough": np.array(boroughs, dtype=object)}
 
 
 def fit_encoders(
-    train: pd.DataFrame, zones: pd.DataFrame, params: FeaturesParams, max_distance_miles: float
+    train: Table, zones: Table, params: FeaturesParams, max_distance_miles: float
 ) -> dict:
     """Vocabularies of zones, boroughs and frequent pickup-dropoff pairs, from training trips,
     and the distance range of the trips the model learns from (prepare's filter): a request
     outside it is refused when the model scores raw trips (stages.request)."""
-    pair_keys = (
-        train["pickup_zone"].to_numpy(np.int64) * PAIR_BASE + train["dropoff_zone"].to_numpy()
+    pair_keys = np.asarray(train["pickup_zone"], dtype=np.int64) * PAIR_BASE + np.asarray(
+        train["dropoff_zone"]
     )
     if dense_range(pair_keys):  # zone ids: a bincount, not a sort (0.01 s at 2.85M trips)
         frequent = np.flatnonzero(np.bincount(pair_keys) >= params.min_pair_count)
     else:
         keys, counts = np.unique(pair_keys, return_counts=True)
         frequent = keys[counts >= params.min_pair_count]
-    zones = zones.sort_values("LocationID")
+    order = np.argsort(np.asarray(zones["LocationID"]), kind="stable")
+    zone_boroughs = [str(b) for b in np.asarray(zones["Borough"], dtype=object)[order]]
     return {
         "pairs": [f"{k // PAIR_BASE}-{k % PAIR_BASE}" for k in frequent.tolist()],
-        "zones": zones["LocationID"].astype(int).tolist(),
-        "zone_borough": zones["Borough"].tolist(),
-        "boroughs": sorted(zones["Borough"].unique().tolist()),
+        "zones": np.asarray(zones["LocationID"], dtype=np.int64)[order].tolist(),
+        "zone_borough": zone_boroughs,
+        "boroughs": sorted(set(zone_boroughs)),
         "clip_distance_miles": params.clip_distance_miles,
         "max_distance_miles": max_distance_miles,
     }
 
 
-def read_split(paths: list[Path]) -> pd.DataFrame:
+def read_split(paths: list[Path]) -> dict[str, np.ndarray]:
     for path in paths:
         if not path.is_file():
             raise BadInputError(f"{path}: cleaned trips not found (run prepare)")
-    return pd.concat([pd.read_parquet(path) for path in paths], ignore_index=True)
+    return concat_tables([read_table(path) for path in paths])
 
 
 def main(argv: list[str] | None) -> None:
@@ -92,20 +130,16 @@ def main(argv: list[str] | None) -> None:
         )
         tables = {split: encode(trips, encoders) for split, trips in splits.items()}
         for split, table in tables.items():
-            table.to_parquet(
-                run.output(args.out.format(split=split)), index=False, compression="zstd"
-            )
+            write_table(table, run.output(args.out.format(split=split)))
         write_json(run.output(args.encoders), encoders)
-        example_request(splits["train"], EXAMPLE_TRIPS).to_parquet(
-            run.output(args.example), index=False
-        )
+        write_table(example_request(splits["train"], EXAMPLE_TRIPS), run.output(args.example))
+        rows = {split: n_rows(table) for split, table in tables.items()}
         run.log_metrics(
-            {f"{s}_rows": len(t) for s, t in tables.items()}
-            | {"vocabulary_pairs": len(encoders["pairs"])}
+            {f"{s}_rows": n for s, n in rows.items()} | {"vocabulary_pairs": len(encoders["pairs"])}
         )
     log.info(
         "rows %s; %d pickup-dropoff pairs in the vocabulary",
-        {s: len(t) for s, t in tables.items()},
+        rows,
         len(encoders["pairs"]),
     )
 

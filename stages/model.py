@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:  # imported where a fit needs it: scoring (evaluate, serving) never does
     from scipy import sparse
 
 from stages.common import CHUNK_ROWS, BadInputError, ModelParams, XGBoostParams, atomic_path
-from stages.encoding import TARGET, encode
+from stages.encoding import TARGET, Table, encode, n_rows
 
 LINEAR_TYPES = ("lasso", "ridge")
 # Conjugate gradients on X'X: relative residual at which ridge counts as solved.
@@ -76,25 +75,32 @@ def _block_layout(encoders: dict) -> tuple[list[int], np.ndarray]:
     return widths, np.concatenate([[0], np.cumsum(widths)])
 
 
-def _block_codes(features: pd.DataFrame) -> list[np.ndarray]:
+# The feature columns the linear model reads.
+LINEAR_COLUMNS = ("pair_code", "pickup_zone_code", "dropoff_zone_code", "weekday", "hour")
+
+
+def _rows(features: Table, lo: int, hi: int) -> dict[str, np.ndarray]:
+    """The linear model's columns of trips lo..hi (views, not copies)."""
+    return {name: np.asarray(features[name])[lo:hi] for name in (*LINEAR_COLUMNS, "trip_distance")}
+
+
+def _block_codes(features: Table) -> list[np.ndarray]:
     """Each one-hot block's code per trip (linear_blocks' order)."""
-    return [
-        features["pair_code"].to_numpy(np.int64),
-        features["pickup_zone_code"].to_numpy(np.int64),
-        features["dropoff_zone_code"].to_numpy(np.int64),
-        features["weekday"].to_numpy(np.int64) * 24 + features["hour"].to_numpy(),
-    ]
+    pair, pickup, dropoff, weekday = (
+        np.asarray(features[c], dtype=np.int64) for c in LINEAR_COLUMNS[:4]
+    )
+    return [pair, pickup, dropoff, weekday * 24 + np.asarray(features["hour"])]
 
 
-def _numeric_columns(features: pd.DataFrame) -> list[np.ndarray]:
+def _numeric_columns(features: Table) -> list[np.ndarray]:
     """NUMERIC_COLUMNS per trip: the distance and its log."""
-    distance = features["trip_distance"].to_numpy(np.float64)
+    distance = np.asarray(features["trip_distance"], dtype=np.float64)
     return [distance, np.log1p(distance)]
 
 
-def design(features: pd.DataFrame, encoders: dict) -> Design:
+def design(features: Table, encoders: dict) -> Design:
     """One-hot blocks (linear_blocks), then the distance and its log."""
-    n = len(features)
+    n = n_rows(features)
     block_codes = _block_codes(features)
     n_blocks, n_slots = len(block_codes), len(block_codes) + len(NUMERIC_COLUMNS)
     widths = np.array([*linear_blocks(encoders).values(), *[1] * len(NUMERIC_COLUMNS)])
@@ -110,7 +116,7 @@ def design(features: pd.DataFrame, encoders: dict) -> Design:
     )
 
 
-def linear_design(features: pd.DataFrame, encoders: dict) -> sparse.csr_matrix:
+def linear_design(features: Table, encoders: dict) -> sparse.csr_matrix:
     """The design as a CSR matrix (int32 indices; columns increasing within every row): what
     linear_moments and linear_predict compute with, without building it; the tests hold them
     to it."""
@@ -136,7 +142,7 @@ class Moments:
 
 
 def linear_moments(
-    features: pd.DataFrame, encoders: dict, y: np.ndarray, chunk_rows: int = CHUNK_ROWS
+    features: Table, encoders: dict, y: np.ndarray, chunk_rows: int = CHUNK_ROWS
 ) -> Moments:
     """X'X and X'y of the linear design (`design`), accumulated chunk by chunk of trips.
 
@@ -149,7 +155,7 @@ def linear_moments(
     """
     widths, starts = _block_layout(encoders)
     n_blocks, n_numeric = len(widths), len(NUMERIC_COLUMNS)
-    n = len(features)
+    n = n_rows(features)
     counts = [np.zeros(w) for w in widths]
     block_y = [np.zeros(w) for w in widths]
     pairs = {
@@ -163,7 +169,7 @@ def linear_moments(
     y_sum = 0.0
     scratch = np.empty(min(n, chunk_rows))
     for lo in range(0, n, chunk_rows):
-        part, part_y = features.iloc[lo : lo + chunk_rows], y[lo : lo + chunk_rows]
+        part, part_y = _rows(features, lo, lo + chunk_rows), y[lo : lo + chunk_rows]
         codes = _block_codes(part)
         numeric = _numeric_columns(part)
         for a, code in enumerate(codes):
@@ -348,22 +354,22 @@ def import_xgboost() -> Any:
     return xgboost
 
 
-def xgb_matrix(features: pd.DataFrame, order: np.ndarray | None = None) -> np.ndarray:
+def xgb_matrix(features: Table, order: np.ndarray | None = None) -> np.ndarray:
     """XGBoost's float32 matrix, its rows in `order` (all of them in file order by default).
 
     Each narrow column (int8/int16 codes) is gathered on its own and cast into its column of
     the result: at 2.85M trips 0.2 s, where taking the rows of the finished float32 matrix
     cost 0.6-1.2 s. The values are the same either way, so are the trees.
     """
-    n = len(features) if order is None else len(order)
+    n = n_rows(features) if order is None else len(order)
     matrix = np.empty((n, len(XGB_COLUMNS)), dtype=np.float32)
     for j, name in enumerate(XGB_COLUMNS):
-        column = features[name].to_numpy()
+        column = np.asarray(features[name])
         matrix[:, j] = column if order is None else column[order]
     return matrix
 
 
-def xgb_row_order(features: pd.DataFrame) -> np.ndarray:
+def xgb_row_order(features: Table) -> np.ndarray:
     """Training rows by pickup zone, dropoff zone, distance (stable, so deterministic).
 
     The rows of one tree node then lie close together in XGBoost's binned matrix, and building
@@ -373,9 +379,9 @@ def xgb_row_order(features: pd.DataFrame) -> np.ndarray:
     """
     return np.lexsort(
         (
-            features["trip_distance"].to_numpy(),
-            features["dropoff_zone_code"].to_numpy(),
-            features["pickup_zone_code"].to_numpy(),
+            np.asarray(features["trip_distance"]),
+            np.asarray(features["dropoff_zone_code"]),
+            np.asarray(features["pickup_zone_code"]),
         )
     )
 
@@ -400,13 +406,13 @@ def booster_params(xp: XGBoostParams, seed: int, threads: int) -> dict[str, Any]
 
 
 def fit(
-    features: pd.DataFrame,
+    features: Table,
     encoders: dict,
     params: ModelParams,
     seed: int,
     threads: int,
     *,
-    watch: pd.DataFrame | None = None,
+    watch: Table | None = None,
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Fit the model params.type names; return it as a JSON-able document.
@@ -415,7 +421,7 @@ def fit(
     every round for `callbacks` (xgboost TrainingCallbacks: the tuner's pruning). Watching
     does not change the trees; train never passes it.
     """
-    y = features[TARGET].to_numpy(np.float64)
+    y = np.asarray(features[TARGET], dtype=np.float64)
     if params.type in LINEAR_TYPES:
         # No BLAS thread limit: the linear fit calls no BLAS (`dot`), so `threads` is XGBoost's.
         if params.type == "lasso" and params.alpha == 0:
@@ -450,7 +456,7 @@ def fit(
     if watch is not None:
         dwatch = xgb.DMatrix(
             xgb_matrix(watch),
-            label=watch[TARGET].to_numpy(np.float64),
+            label=np.asarray(watch[TARGET], dtype=np.float64),
             feature_names=list(XGB_COLUMNS),
             feature_types=list(XGB_TYPES),
             enable_categorical=True,
@@ -469,7 +475,7 @@ def fit(
 
 
 def linear_predict(
-    model: dict[str, Any], features: pd.DataFrame, encoders: dict, chunk_rows: int = CHUNK_ROWS
+    model: dict[str, Any], features: Table, encoders: dict, chunk_rows: int = CHUNK_ROWS
 ) -> np.ndarray:
     """X @ coef + intercept, without X: each trip's one-hot coefficients gathered by code,
     plus its numeric terms, a chunk of trips at a time.
@@ -482,9 +488,10 @@ def linear_predict(
     coef = np.asarray(model["coef"], dtype=np.float64)
     _, starts = _block_layout(encoders)
     numeric_coef = coef[starts[-1] :]
-    predicted = np.empty(len(features))
-    for lo in range(0, len(features), chunk_rows):
-        part = features.iloc[lo : lo + chunk_rows]
+    n = n_rows(features)
+    predicted = np.empty(n)
+    for lo in range(0, n, chunk_rows):
+        part = _rows(features, lo, lo + chunk_rows)
         out = predicted[lo : lo + chunk_rows]
         codes = _block_codes(part)
         np.take(coef, codes[0] + starts[0], out=out)
@@ -518,9 +525,7 @@ def load(path: Path) -> dict[str, Any]:
     return document
 
 
-def predict(
-    model: dict[str, Any], features: pd.DataFrame, encoders: dict, threads: int
-) -> np.ndarray:
+def predict(model: dict[str, Any], features: Table, encoders: dict, threads: int) -> np.ndarray:
     if model["type"] in LINEAR_TYPES:
         if model["blocks"] != linear_blocks(encoders):
             raise BadInputError("model and encoders disagree on the one-hot layout: retrain")
@@ -540,9 +545,7 @@ def predict(
     return booster.predict(dmatrix).astype(np.float64)
 
 
-def predict_trips(
-    model: dict[str, Any], encoders: dict, trips: pd.DataFrame, threads: int
-) -> np.ndarray:
+def predict_trips(model: dict[str, Any], encoders: dict, trips: Table, threads: int) -> np.ndarray:
     """Minutes for cleaned trips (stages.request.TRIP_COLUMNS), through the features stage's
     own encoding: how a registered model scores raw trips."""
     return predict(model, encode(trips, encoders), encoders, threads)

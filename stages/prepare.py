@@ -30,6 +30,7 @@ from stages.common import (
     stage_item,
     write_json,
 )
+from stages.encoding import arrow_array, column_array
 from stages.tlc import check_trip_schema, trip_columns
 
 log = logging.getLogger("stages.prepare")
@@ -81,44 +82,6 @@ def duration_minutes(pickup: np.ndarray, dropoff: np.ndarray) -> np.ndarray:
     minutes = ticks / _TICKS_PER_SECOND[np.datetime_data(common)[0]] / 60.0
     minutes[nat] = np.nan
     return minutes
-
-
-def column_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A numeric or timestamp column as numpy, nulls as NaN or NaT (integers with nulls become
-    floats), as pandas reads it; taken from the column's buffers, because pyarrow's to_numpy
-    of any array that is not zero-copy goes through pandas, whose import is 0.5-0.8 s."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    kind = column.type
-    if pa.types.is_timestamp(kind):
-        dtype, stored = np.dtype(f"datetime64[{kind.unit}]"), np.dtype(np.int64)
-    elif pa.types.is_floating(kind):
-        dtype = stored = np.dtype(f"f{kind.bit_width // 8}")
-    elif pa.types.is_integer(kind):
-        sign = "i" if pa.types.is_signed_integer(kind) else "u"
-        dtype = stored = np.dtype(f"{sign}{kind.bit_width // 8}")
-    else:
-        raise TypeError(f"column_array: {kind} is neither a number nor a timestamp")
-    validity, data = column.buffers()[:2]
-    values = np.frombuffer(
-        data, dtype=stored, count=len(column), offset=column.offset * stored.itemsize
-    )
-    values = values.view(dtype)
-    if not column.null_count:
-        return values
-    bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
-    null = ~bits[column.offset : column.offset + len(column)].astype(bool)
-    values = values.astype(np.float64) if dtype.kind in "iu" else values.copy()
-    values[null] = np.datetime64("NaT") if dtype.kind == "M" else np.nan
-    return values
-
-
-def arrow_array(values: np.ndarray) -> pa.Array:
-    """A numeric or datetime numpy array without missing values as an arrow array over the same
-    memory (pa.array() would import pandas, to check whether it was given pandas objects)."""
-    data = np.ascontiguousarray(values)
-    buffer = pa.py_buffer(data.view(np.int64) if data.dtype.kind == "M" else data)
-    return pa.Array.from_buffers(pa.from_numpy_dtype(data.dtype), len(data), [None, buffer])
 
 
 def trip_arrays(trips: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:

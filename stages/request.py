@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from stages.common import BadInputError
+from stages.encoding import Table
+
+if TYPE_CHECKING:  # imported where a request is read: features and train only name its columns
+    import pandas as pd
 
 ZONE_COLUMNS = {"PULocationID": "pickup_zone", "DOLocationID": "dropoff_zone"}
 DISTANCE_COLUMN = "trip_distance"
@@ -60,17 +63,18 @@ def input_schema() -> Any:
     return signature().inputs
 
 
-def example_request(clean: pd.DataFrame, rows: int) -> pd.DataFrame:
+def example_request(clean: Table, rows: int) -> dict[str, np.ndarray]:
     """The first `rows` cleaned trips as a request (the neutral pickup column)."""
-    head = clean.head(rows)
-    return pd.DataFrame(
-        {
-            "PULocationID": head["pickup_zone"].to_numpy(np.int64),
-            "DOLocationID": head["dropoff_zone"].to_numpy(np.int64),
-            "trip_distance": head["trip_distance"].to_numpy(np.float64),
-            "pickup_datetime": head["pickup_datetime"].to_numpy("datetime64[us]"),
-        }
-    )
+
+    def head(column: str, dtype: Any) -> np.ndarray:
+        return np.asarray(clean[column])[:rows].astype(dtype)
+
+    return {
+        "PULocationID": head("pickup_zone", np.int64),
+        "DOLocationID": head("dropoff_zone", np.int64),
+        "trip_distance": head("trip_distance", np.float64),
+        "pickup_datetime": head("pickup_datetime", "datetime64[us]"),
+    }
 
 
 def _pickup_column(request: pd.DataFrame) -> str:
@@ -99,6 +103,8 @@ class RowProblem:
 
 def _zone_ids(values: pd.Series, column: str, nulls: np.ndarray) -> np.ndarray:
     """Integer zone ids (nulls as UNSEEN_ZONE, refused separately); RequestError otherwise."""
+    import pandas as pd
+
     whole = pd.api.types.is_integer_dtype(values) or bool(nulls.all())
     if not whole and pd.api.types.is_float_dtype(values) and nulls.any():
         present = values.to_numpy(np.float64)[~nulls]  # a null turns an int column to float
@@ -109,6 +115,8 @@ def _zone_ids(values: pd.Series, column: str, nulls: np.ndarray) -> np.ndarray:
 
 
 def _pickup_times(values: pd.Series, column: str) -> np.ndarray:
+    import pandas as pd
+
     try:
         if not pd.api.types.is_datetime64_any_dtype(values):
             values = pd.to_datetime(values, format="ISO8601")
@@ -125,6 +133,8 @@ def read_request(request: pd.DataFrame, encoders: dict) -> tuple[pd.DataFrame, l
     """Every row of the request as a cleaned trip (TRIP_COLUMNS), and the rows that cannot be
     scored (a null, a distance outside the model's range). A problem of a whole column (one
     missing, a wrong type, no pickup column) raises RequestError."""
+    import pandas as pd
+
     if not isinstance(request, pd.DataFrame):
         raise RequestError(f"expected a table of trips, got {type(request).__name__}")
     missing = [c for c in (*ZONE_COLUMNS, DISTANCE_COLUMN) if c not in request.columns]

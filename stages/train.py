@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from registry import champion
 from stage_runtime import record
@@ -16,6 +15,7 @@ from stage_runtime.tracking import StageRun, model_lineage, reconcile_orphans, s
 from stages import model as models
 from stages import request
 from stages.common import load_params, read_json, run_stage, write_json
+from stages.encoding import n_rows, read_table
 
 log = logging.getLogger("stages.train")
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None) -> None:
     base, model_params = params["base"], params["model"]
     inputs = [args.features, args.encoders, args.example]
     with stage_run("train", params, inputs=inputs, client=True) as run:
-        features = pd.read_parquet(args.features)
+        features = read_table(args.features)
         encoders = read_json(args.encoders)
         started = time.perf_counter()
         if model_params.type == "xgboost" and model_params.xgboost.cluster != "none":
@@ -52,13 +52,13 @@ def main(argv: list[str] | None) -> None:
             train_rmse = float(np.sqrt(np.mean((predicted - features[models.TARGET]) ** 2)))
         metrics = {
             "model_type": model_params.type,
-            "train_rows": len(features),
+            "train_rows": n_rows(features),
             "train_rmse": round(train_rmse, 6),
         }
         models.save(model, run.output(args.model))
         write_json(run.output(args.metrics), metrics)
         run.log_metrics(metrics | {"fit_seconds": fit_seconds})
-        example = pd.read_parquet(args.example)
+        example = read_table(args.example)
         # After the fit: MLflow's client opens in a thread meanwhile (stage_run(client=True)).
         reconcile_orphans(run.client, model_params.registered_name)
         run.register_model(
@@ -74,7 +74,7 @@ def main(argv: list[str] | None) -> None:
             example=example,
         )
         run.after_commit(lambda: _mark_challenger(run, model_params.registered_name))
-    log.info("%s fitted on %d trips in %.2f s", model_params.type, len(features), fit_seconds)
+    log.info("%s fitted on %d trips in %.2f s", model_params.type, n_rows(features), fit_seconds)
 
 
 def _mark_challenger(run: StageRun, name: str) -> None:

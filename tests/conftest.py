@@ -7,7 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -48,6 +50,16 @@ def encoded_months(mirror: Path, *months: str) -> tuple[dict, list]:
     zones = read_zones(mirror / "taxi_zone_lookup.csv")
     encoders = fit_encoders(clean[0], zones, project_section("features"), max_distance_miles=100)
     return encoders, [encode(month, encoders) for month in clean]
+
+
+def assert_tables_equal(found: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Two tables (stages.encoding.Table) with the same columns in order, of the same dtypes
+    and values."""
+    assert list(found) == list(expected)
+    for name in expected:
+        found_column, expected_column = np.asarray(found[name]), np.asarray(expected[name])
+        assert found_column.dtype == expected_column.dtype, name
+        np.testing.assert_array_equal(found_column, expected_column, err_msg=name)
 
 
 def kept_rows(mirror: Path, month: str) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from stages import cluster
 from stages import model as m
 from stages.common import BadInputError, TransientError, parse_section
-from stages.encoding import encode
+from stages.encoding import encode, write_table
 from stages.features import fit_encoders, read_zones
 from tests.conftest import PROJECT_PARAMS, clean_month, project_section
 
@@ -59,7 +59,7 @@ def data(shared_tlc: Path, tmp_path_factory: pytest.TempPathFactory):
         clean["2025-01"], zones, project_section("features"), max_distance_miles=100
     )
     path = tmp_path_factory.mktemp("cluster") / "train.parquet"
-    encode(clean["2025-01"], encoders).to_parquet(path, index=False)
+    write_table(encode(clean["2025-01"], encoders), path)  # as the features stage writes it
     return path, encode(clean["2025-02"], encoders), encoders
 
 

@@ -11,7 +11,7 @@ import pytest
 from stages import model as models
 from stages import plot_images
 from stages.common import parse_section
-from stages.evaluate import distance_buckets, plot_tables
+from stages.evaluate import bucket_labels, distance_buckets, plot_tables, write_csv
 from tests.conftest import PROJECT_PARAMS, clean_month, encoded_months, project_section
 
 
@@ -20,11 +20,78 @@ def test_distance_buckets_are_labelled_as_pandas_prints_them_in_distance_order(s
     distances = clean_month(shared_tlc, "2025-02")["trip_distance"]
     # Real distances, and values outside every bucket (below, above, missing) beside them.
     values = pd.concat([distances, pd.Series([-1.0, edges[-1] + 1.0, np.nan])], ignore_index=True)
-    found = distance_buckets(values, edges)
-    assert found.astype(str).equals(pd.cut(values, edges, include_lowest=True).astype(str))
-    assert found.iloc[-3:].isna().all() and found.iloc[:-3].notna().all()
-    lows = [float(label[1:].split(",")[0]) for label in found.cat.categories]
+    values = pd.concat([values, pd.Series(edges, dtype=float)], ignore_index=True)  # the edges
+    found = distance_buckets(values.to_numpy(), edges)
+    labels = bucket_labels(edges)
+    named = np.array([*labels, "nan"], dtype=object)[found]  # -1: the last, "nan"
+    expected = pd.cut(values, edges, include_lowest=True)
+    assert named.tolist() == [str(bucket) for bucket in expected]
+    assert labels == [str(c) for c in expected.cat.categories]
+    assert (found[len(distances) : len(distances) + 3] == -1).all()
+    lows = [float(label[1:].split(",")[0]) for label in labels]
     assert lows == sorted(lows) and len(lows) == len(edges) - 1
+
+
+@pytest.mark.parametrize("edges", [[0.5, 0.75, 1.0], [0, 0.0001, 0.00015, 1], [1.25, 2.5, 100]])
+def test_bucket_labels_are_pd_cuts_for_fractional_edges(edges):
+    expected = pd.cut(pd.Series(edges, dtype=float), edges, include_lowest=True)
+    assert bucket_labels(edges) == [str(c) for c in expected.cat.categories]
+
+
+def pandas_plot_tables(split, features, predicted, params) -> dict[str, pd.DataFrame]:
+    """evaluate's plot tables as pandas computed them before the stage dropped pandas: the
+    reference the stage's CSV files are held to, byte for byte."""
+    actual = features[models.TARGET]
+    frame = pd.DataFrame(
+        {
+            "split": split,
+            "actual": actual.round(4),
+            "predicted": predicted.round(4),
+            "residual": (predicted - actual).round(4),
+            "hour": features["hour"],
+            "distance_bucket": pd.cut(
+                features["trip_distance"], params.distance_buckets_miles, include_lowest=True
+            ).astype(str),
+        }
+    )
+
+    def by(column: str) -> pd.DataFrame:
+        grouped = frame.groupby(column, observed=True, sort=False)["residual"]
+        out = grouped.agg(mean_residual="mean", trips="size").reset_index()
+        out["rmse"] = grouped.apply(lambda r: float(np.sqrt(np.mean(r**2)))).to_numpy()
+        return out.assign(split=split).round(4)
+
+    by_distance = by("distance_bucket")
+    lows = by_distance["distance_bucket"].str[1:].str.split(",").str[0].astype(float)
+    return {
+        "predicted_vs_actual": frame.iloc[:: params.plot_every_nth][
+            ["split", "actual", "predicted"]
+        ],
+        "residuals_by_hour": by("hour").sort_values("hour"),
+        "residuals_by_distance": by_distance.iloc[np.argsort(lows.to_numpy())],
+    }
+
+
+def test_plot_tables_are_the_pandas_groupby_to_the_byte(small_tlc: Path, tmp_path: Path):
+    encoders, (train, validation) = encoded_months(small_tlc, "2025-01", "2025-02")
+    params = project_section("evaluate")
+    model = models.fit(
+        train, encoders, parse_section("model", PROJECT_PARAMS["model"]), seed=42, threads=1
+    )
+    ours, theirs = {}, {}
+    for split, features in (("validation", validation), ("test", train)):
+        predicted = models.predict(model, features, encoders, 1)
+        for name, table in plot_tables(split, features, predicted, params).items():
+            ours.setdefault(name, []).append(table)
+        frame = pd.DataFrame(features)
+        for name, table in pandas_plot_tables(split, frame, predicted, params).items():
+            theirs.setdefault(name, []).append(table)
+    for name, parts in ours.items():
+        write_csv(parts, tmp_path / f"{name}.csv")
+        pd.concat(theirs[name], ignore_index=True).to_csv(tmp_path / f"{name}.pd.csv", index=False)
+        found = (tmp_path / f"{name}.csv").read_bytes()
+        assert found == (tmp_path / f"{name}.pd.csv").read_bytes(), name
+        assert found.count(b"\n") > 10
 
 
 def test_plot_tables_list_distance_buckets_by_distance(tables: dict[str, Path]):
@@ -41,7 +108,7 @@ def tables(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     model = models.fit(
         train, encoders, parse_section("model", PROJECT_PARAMS["model"]), seed=42, threads=1
     )
-    parts: dict[str, list[pd.DataFrame]] = {}
+    parts: dict[str, list[dict]] = {}
     for split, features in (("validation", validation), ("test", train)):
         predicted = models.predict(model, features, encoders, 1)
         for name, table in plot_tables(
@@ -52,7 +119,7 @@ def tables(small_tlc: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     paths = {}
     for name, p in parts.items():
         paths[name] = folder / f"{name}.csv"
-        pd.concat(p, ignore_index=True).to_csv(paths[name], index=False)
+        write_csv(p, paths[name])
     return paths
 
 

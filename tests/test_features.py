@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import FeaturesParams, read_json, write_json
-from stages.encoding import UNKNOWN, encode
+from stages.common import BadInputError, FeaturesParams, read_json, write_json
+from stages.encoding import UNKNOWN, encode, n_rows
 from stages.features import fit_encoders, read_zones
-from tests.conftest import clean_month, project_section
+from tests.conftest import assert_tables_equal, clean_month, project_section
 
 FEATURES = project_section("features")
 
@@ -61,8 +61,8 @@ def test_zones_and_boroughs_come_from_the_lookup(encoders, zones):
 
 def test_encode_dtypes_and_known_codes(train, encoders):
     table = encode(train, encoders)
-    assert len(table) == len(train)
-    assert table.dtypes.astype(str).to_dict() == {
+    assert n_rows(table) == len(train)
+    assert {name: str(column.dtype) for name, column in table.items()} == {
         "pair_code": "int32",
         "pickup_zone_code": "int16",
         "dropoff_zone_code": "int16",
@@ -78,9 +78,9 @@ def test_encode_dtypes_and_known_codes(train, encoders):
     a, b = map(int, first.split("-"))
     rows = (train["pickup_zone"] == a) & (train["dropoff_zone"] == b)
     pair_sorted = sorted(encoders["pairs"], key=lambda p: tuple(map(int, p.split("-"))))
-    assert (table.loc[rows.to_numpy(), "pair_code"] == pair_sorted.index(first) + 1).all()
+    assert (table["pair_code"][rows.to_numpy()] == pair_sorted.index(first) + 1).all()
     assert (table["pickup_zone_code"] > 0).all()
-    assert table["hour"].to_numpy().tolist() == train["pickup_datetime"].dt.hour.tolist()
+    assert table["hour"].tolist() == train["pickup_datetime"].dt.hour.tolist()
     assert table["trip_distance"].max() <= FEATURES.clip_distance_miles
 
 
@@ -92,14 +92,14 @@ def test_unseen_pair_and_zone_get_code_zero(train, encoders):
     pickup, dropoff = next((a, b) for a in known for b in known if f"{a}-{b}" not in seen)
     unseen_pair = row.assign(pickup_zone=np.int32(pickup), dropoff_zone=np.int32(dropoff))
     coded = encode(unseen_pair, encoders)
-    assert coded["pair_code"].iloc[0] == UNKNOWN
-    assert coded["pickup_zone_code"].iloc[0] > 0
+    assert coded["pair_code"][0] == UNKNOWN
+    assert coded["pickup_zone_code"][0] > 0
 
     unknown_zone = row.assign(pickup_zone=np.int32(999))
     coded = encode(unknown_zone, encoders)
-    assert coded["pickup_zone_code"].iloc[0] == UNKNOWN
-    assert coded["pickup_borough_code"].iloc[0] == UNKNOWN
-    assert coded["pair_code"].iloc[0] == UNKNOWN
+    assert coded["pickup_zone_code"][0] == UNKNOWN
+    assert coded["pickup_borough_code"][0] == UNKNOWN
+    assert coded["pair_code"][0] == UNKNOWN
 
 
 def test_encoders_json_round_trip_encodes_identically(train, encoders, tmp_path, small_tlc):
@@ -108,7 +108,7 @@ def test_encoders_json_round_trip_encodes_identically(train, encoders, tmp_path,
     loaded = read_json(path)
     assert loaded == json.loads(json.dumps(encoders))
     february = clean_month(small_tlc, "2025-02")
-    pd.testing.assert_frame_equal(encode(february, loaded), encode(february, encoders))
+    assert_tables_equal(encode(february, loaded), encode(february, encoders))
     assert (encode(february, loaded)["pair_code"] == UNKNOWN).any()
 
 
@@ -117,7 +117,7 @@ def test_encode_in_chunks_equals_one_chunk(train, encoders, monkeypatch):
 
     whole = encode(train, encoders)
     monkeypatch.setattr(encoding, "CHUNK_ROWS", 997)
-    pd.testing.assert_frame_equal(encode(train, encoders), whole)
+    assert_tables_equal(encode(train, encoders), whole)
 
 
 def test_hour_and_weekday_are_pandas_fields(train):
@@ -146,3 +146,21 @@ def test_pair_codes_for_keys_outside_the_table(encoders):
     expected = [UNKNOWN, UNKNOWN, UNKNOWN, 1, UNKNOWN, 2, 3, UNKNOWN, UNKNOWN]
     assert _codes(values, vocabulary).tolist() == expected
     assert _codes(values, np.array([3, 7, 2**40])).tolist()[-1] == 3  # binary search path
+
+
+def test_zone_lookup_missing_boroughs_are_unknown_and_bad_files_are_named(small_tlc, tmp_path):
+    lookup = (small_tlc / "taxi_zone_lookup.csv").read_text()
+    assert '"N/A"' in lookup  # zone 265: the real lookup's missing borough
+    zones = read_zones(small_tlc / "taxi_zone_lookup.csv")
+    boroughs = dict(zip(zones["LocationID"].tolist(), zones["Borough"].tolist(), strict=True))
+    assert boroughs[264] == boroughs[265] == "Unknown" and boroughs[1] == "EWR"
+    as_pandas = pd.read_csv(small_tlc / "taxi_zone_lookup.csv").fillna({"Borough": "Unknown"})
+    assert zones["Borough"].tolist() == as_pandas["Borough"].tolist()
+    no_borough = tmp_path / "no_borough.csv"
+    no_borough.write_text('"LocationID","Zone"\n1,"Newark Airport"\n')
+    with pytest.raises(BadInputError, match=r"no_borough\.csv: .*without column\(s\) Borough"):
+        read_zones(no_borough)
+    bad_id = tmp_path / "bad_id.csv"
+    bad_id.write_text('"LocationID","Borough"\n1,"EWR"\nx,"Queens"\n')
+    with pytest.raises(BadInputError, match=r"bad_id\.csv: column LocationID: expected integer"):
+        read_zones(bad_id)

@@ -13,6 +13,7 @@ import pytest
 
 from stages import model as m
 from stages.common import BadInputError, parse_section
+from stages.encoding import n_rows
 from tests.conftest import PROJECT_PARAMS, ROOT, encoded_months
 
 
@@ -24,7 +25,7 @@ def model_params(**changes):
 
 
 @pytest.fixture(scope="module")
-def data(small_tlc: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def data(small_tlc: Path) -> tuple[dict, dict, dict]:
     encoders, (train, validation) = encoded_months(small_tlc, "2025-01", "2025-02")
     return train, validation, encoders
 
@@ -33,8 +34,8 @@ def test_linear_design_shape_nnz_and_int32(data):
     train, _, encoders = data
     X = m.linear_design(train, encoders)
     widths = m.linear_blocks(encoders)
-    assert X.shape == (len(train), sum(widths.values()) + len(m.NUMERIC_COLUMNS))
-    assert X.nnz == len(train) * (len(widths) + len(m.NUMERIC_COLUMNS))
+    assert X.shape == (n_rows(train), sum(widths.values()) + len(m.NUMERIC_COLUMNS))
+    assert X.nnz == n_rows(train) * (len(widths) + len(m.NUMERIC_COLUMNS))
     assert X.indices.dtype == np.int32 and X.indptr.dtype == np.int32
     assert X.has_canonical_format
     # one 1 in each one-hot block per row
@@ -59,7 +60,7 @@ def test_fit_save_load_predict_round_trip(kind, data, tmp_path):
     after = m.predict(loaded, validation, encoders, threads=1)
     np.testing.assert_array_equal(before, after)
     # It has learnt something real: better than predicting the training mean.
-    y = validation[m.TARGET].to_numpy()
+    y = validation[m.TARGET]
     rmse = np.sqrt(np.mean((after - y) ** 2))
     baseline = np.sqrt(np.mean((train[m.TARGET].mean() - y) ** 2))
     assert rmse < 0.8 * baseline
@@ -76,7 +77,7 @@ def test_ridge_matches_dense_normal_equations(data):
     alpha = 1.0
     fitted = m.fit(train, encoders, model_params(type="ridge", alpha=alpha), seed=0, threads=1)
     X = m.linear_design(train, encoders).toarray()
-    y = train[m.TARGET].to_numpy()
+    y = train[m.TARGET]
     Xc, yc = X - X.mean(axis=0), y - y.mean()
     coef = np.linalg.solve(Xc.T @ Xc + alpha * np.eye(X.shape[1]), Xc.T @ yc)
     np.testing.assert_allclose(fitted["coef"], coef, atol=1e-6)
@@ -119,9 +120,11 @@ def test_linear_model_and_other_encoders_disagree(data):
 def test_xgb_row_order_sorts_by_zones_then_distance_stably(data) -> None:
     train, _, _ = data
     order = m.xgb_row_order(train)
-    assert sorted(order) == list(range(len(train)))
-    keys = train[["pickup_zone_code", "dropoff_zone_code", "trip_distance"]].iloc[order]
-    expected = train.reset_index(drop=True).sort_values(list(keys.columns), kind="stable")
+    assert sorted(order) == list(range(n_rows(train)))
+    frame = pd.DataFrame(train)
+    expected = frame.sort_values(
+        ["pickup_zone_code", "dropoff_zone_code", "trip_distance"], kind="stable"
+    )
     assert np.array_equal(order, expected.index.to_numpy())
 
 
@@ -130,11 +133,11 @@ def test_slot_moments_equal_the_sparse_products(data) -> None:
     slots = m.design(train, encoders)
     X = m.linear_design(train, encoders)
     assert slots.shape == X.shape
-    y = train[m.TARGET].to_numpy()
+    y = train[m.TARGET]
     # Chunks far smaller than the table: the sums across chunks are the whole table's.
     for chunk_rows in (m.CHUNK_ROWS, 997):
         moments = m.linear_moments(train, encoders, y, chunk_rows=chunk_rows)
-        assert moments.rows == len(train)
+        assert moments.rows == n_rows(train)
         np.testing.assert_allclose(moments.gram.toarray(), (X.T @ X).toarray(), rtol=1e-12)
         mean_x = np.asarray(X.mean(axis=0)).ravel()
         np.testing.assert_allclose(moments.mean_x, mean_x, rtol=1e-12)

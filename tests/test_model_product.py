@@ -48,7 +48,7 @@ def rmse_of_version(version: str, clean: pd.DataFrame) -> float:
 
     client()
     model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
-    predicted = model.predict(example_request(clean, len(clean)))
+    predicted = model.predict(pd.DataFrame(example_request(clean, len(clean))))
     return round(float(np.sqrt(np.mean((predicted - clean["duration_minutes"]) ** 2))), 6)
 
 

@@ -205,7 +205,7 @@ def test_column_array_reads_as_pandas_does_nulls_and_offsets_included(small_tlc:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from stages.prepare import column_array
+    from stages.encoding import column_array
 
     table = pq.read_table(small_tlc / "green_tripdata_2025-01.parquet")
     every_7th = pa.array(np.arange(table.num_rows) % 7 == 0)

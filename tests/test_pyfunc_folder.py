@@ -11,10 +11,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
-from stage_runtime.pyfunc_folder import NotMirroredError, save_pyfunc_folder
+from stage_runtime.pyfunc_folder import NotMirroredError, example_files, save_pyfunc_folder
 from stage_runtime.tracking import MODEL_CODE, MODEL_REQUIREMENTS, PYFUNC_MODEL
 from stages import model as models
 from stages import request
@@ -65,7 +66,11 @@ def files(folder: Path) -> dict[str, Path]:
 def mlflow_save(path: Path, args: dict) -> None:
     import mlflow
 
-    mlflow.pyfunc.save_model(path=str(path), signature=request.signature(), **args)
+    # train hands the example in as columns; MLflow takes a table as a DataFrame.
+    frame = pd.DataFrame(args["input_example"])
+    mlflow.pyfunc.save_model(
+        path=str(path), signature=request.signature(), **args | {"input_example": frame}
+    )
 
 
 @pytest.mark.parametrize("cwd", ["project", "elsewhere"])
@@ -123,12 +128,29 @@ def test_same_folder_as_mlflow_save_model(cwd, inputs, tmp_path, monkeypatch):
     assert str(created) == made["utc_time_created"] and before <= created <= after
 
     # MLflow loads ours and predicts what it predicts with its own.
-    example = inputs["example"]
+    example = pd.DataFrame(inputs["example"])
     predicted = mlflow.pyfunc.load_model(str(ours)).predict(example)
     expected = mlflow.pyfunc.load_model(str(theirs)).predict(example)
     assert isinstance(predicted, np.ndarray) and predicted.shape == (len(example),)
     np.testing.assert_array_equal(predicted, expected)
     assert np.all(np.isfinite(predicted)) and np.all(predicted > 0)
+
+
+def test_an_example_of_columns_is_written_as_its_dataframe_is(inputs):
+    """train hands the example in as numpy columns (no pandas in its process): the files are
+    those of the same table as a DataFrame, whose form the test above holds to MLflow's, nulls,
+    fractions of a second and a column of ints included."""
+    example = dict(inputs["example"])
+    assert example_files(example) == example_files(pd.DataFrame(example))
+    times = example["pickup_datetime"].copy()
+    times[1], times[2] = np.datetime64("NaT"), times[2] + np.timedelta64(250_001, "us")
+    distance = example["trip_distance"].copy()
+    distance[0] = np.nan
+    odd = example | {"pickup_datetime": times, "trip_distance": distance}
+    assert example_files(odd) == example_files(pd.DataFrame(odd))
+    assert ".250001" in example_files(odd)[0] and '"NaT"' in example_files(odd)[0]
+    with pytest.raises(NotMirroredError, match="finer than microseconds"):
+        example_files(example | {"pickup_datetime": times.astype("datetime64[ns]") + 1})
 
 
 def test_requirements_and_python_env_come_from_this_environment(inputs, tmp_path, monkeypatch):
@@ -161,11 +183,15 @@ def _model_file(tmp_path: Path, old: str, new: str) -> str:
 
 
 def int32_zones(args: dict, tmp_path: Path) -> dict:
-    return args | {"input_example": args["input_example"].astype({"PULocationID": "int32"})}
+    example = args["input_example"]
+    return args | {
+        "input_example": example | {"PULocationID": example["PULocationID"].astype("int32")}
+    }
 
 
 def no_distance(args: dict, tmp_path: Path) -> dict:
-    return args | {"input_example": args["input_example"].drop(columns="trip_distance")}
+    example = {k: v for k, v in args["input_example"].items() if k != "trip_distance"}
+    return args | {"input_example": example}
 
 
 def numpy_twice(args: dict, tmp_path: Path) -> dict:
