@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.common import CHUNK_ROWS, atomic_path
+from stages.common import CHUNK_ROWS, BadInputError, atomic_path
 
 # Column name -> 1-d array, all of one length: a dict of numpy arrays, or a pandas DataFrame.
 Table = Mapping[str, Any]
@@ -39,6 +39,8 @@ FEATURE_DTYPES = {
     "weekday": np.int8,
     "trip_distance": np.float64,
 }
+# A feature table as train and evaluate read it: the features, then the target.
+FEATURE_COLUMNS = (*FEATURE_DTYPES, TARGET)
 
 
 # Vocabularies of non-negative values below this are looked up in a dense table (TLC zone ids
@@ -119,12 +121,32 @@ def arrow_array(values: np.ndarray) -> Any:
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """A parquet file's columns as numpy arrays (column_array: nulls as NaN or NaT)."""
+    """A parquet file's columns (all, or `columns`, each required) as numpy arrays
+    (column_array: nulls as NaN or NaT); BadInputError naming the file, and the column, when
+    it is not a parquet file, lacks a column or has one that is not numbers or times."""
     import pyarrow.parquet as pq
 
-    # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas.
-    table = pq.ParquetFile(path).read(columns=None if columns is None else list(columns))
-    return {name: column_array(table.column(name)) for name in table.column_names}
+    try:
+        # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas.
+        parquet = pq.ParquetFile(path)
+        missing = [c for c in columns or () if c not in parquet.schema_arrow.names]
+        if missing:
+            raise BadInputError(f"{path}: no column(s) {', '.join(missing)}")
+        table = parquet.read(columns=None if columns is None else list(columns))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
+    arrays = {}
+    for name in table.column_names:
+        column = table.column(name)
+        try:
+            arrays[name] = column_array(column)
+        except TypeError:
+            raise BadInputError(
+                f"{path}: column {name}: expected numbers or timestamps, got {column.type}"
+            ) from None
+    return arrays
 
 
 def concat_tables(tables: Sequence[Table]) -> dict[str, np.ndarray]:

@@ -31,7 +31,7 @@ from stages.common import (
     run_stage,
     write_json,
 )
-from stages.encoding import Table, read_table, write_table
+from stages.encoding import FEATURE_COLUMNS, Table, read_table, write_table
 
 log = logging.getLogger("stages.evaluate")
 EVAL_SPLITS = ("validation", "test")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None) -> None:
         model = models.load(args.model)
         metrics, parts = {}, {}
         for split, path in feature_paths.items():
-            features = read_table(path)
+            features = read_table(path, FEATURE_COLUMNS)
             predicted = models.predict(model, features, encoders, params["base"].threads)
             actual = np.asarray(features[models.TARGET])
             metrics[split] = regression_metrics(actual, predicted)

@@ -15,7 +15,7 @@ from stage_runtime.tracking import StageRun, model_lineage, reconcile_orphans, s
 from stages import model as models
 from stages import request
 from stages.common import load_params, read_json, run_stage, write_json
-from stages.encoding import n_rows, read_table
+from stages.encoding import FEATURE_COLUMNS, n_rows, read_table
 
 log = logging.getLogger("stages.train")
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None) -> None:
     base, model_params = params["base"], params["model"]
     inputs = [args.features, args.encoders, args.example]
     with stage_run("train", params, inputs=inputs, client=True) as run:
-        features = read_table(args.features)
+        features = read_table(args.features, FEATURE_COLUMNS)
         encoders = read_json(args.encoders)
         started = time.perf_counter()
         if model_params.type == "xgboost" and model_params.xgboost.cluster != "none":

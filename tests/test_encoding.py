@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from stages.common import BadInputError
 from stages.encoding import FEATURE_DTYPES, concat_tables, n_rows, read_table, write_table
 from tests.conftest import ROOT, assert_tables_equal, encoded_months
 
@@ -31,6 +32,20 @@ def test_a_table_round_trips_through_parquet_with_its_dtypes(features, tmp_path:
     # pandas reads the same file to the same frame (a notebook, Dask's partitions).
     assert_tables_equal(pd.read_parquet(path), features)
     assert [p.name for p in tmp_path.iterdir()] == ["train.parquet"]  # no temporary left
+
+
+def test_a_bad_table_file_is_refused_naming_the_file_and_column(features, tmp_path: Path):
+    write_table(features, tmp_path / "train.parquet")
+    with pytest.raises(BadInputError, match=r"train\.parquet: no column\(s\) nope"):
+        read_table(tmp_path / "train.parquet", ["hour", "nope"])
+    (tmp_path / "text.parquet").write_text("pair_code,hour\n1,2\n")
+    with pytest.raises(BadInputError, match=r"text\.parquet: not a readable parquet file"):
+        read_table(tmp_path / "text.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"hour": ["eight"]}), tmp_path / "strings.parquet")
+    with pytest.raises(BadInputError, match=r"strings\.parquet: column hour: expected numbers"):
+        read_table(tmp_path / "strings.parquet")
 
 
 def test_rows_and_concatenation_of_dicts_and_frames(features):
