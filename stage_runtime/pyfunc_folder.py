@@ -319,15 +319,23 @@ def _split_of_columns(example: Mapping[str, Any]) -> dict[str, Any]:
                 raise NotMirroredError(f"input_example: column {name!r} is finer than microseconds")
             # pd.Timestamp.isoformat of a microsecond time is datetime's.
             cells.append(["NaT" if np.isnat(v) else v.item().isoformat() for v in stamps])
-        elif values.dtype.kind == "f":
-            cells.append(values.tolist())
-        elif values.dtype.kind in "iub":
+        elif values.dtype.kind in "fiub":  # NaN stays NaN, as pandas keeps it
             cells.append(values.tolist())
         else:
             raise NotMirroredError(f"input_example: column {name!r} of {values.dtype}")
     if len({len(c) for c in cells}) > 1:
         raise NotMirroredError("input_example: columns of different lengths")
     return {"columns": list(example), "data": [list(row) for row in zip(*cells, strict=True)]}
+
+
+def mlflow_example(example: Any) -> Any:
+    """The example as MLflow's save_model takes a table: a mapping of columns (a dict of
+    tensors, for MLflow) as its DataFrame; a DataFrame as it is."""
+    if not isinstance(example, Mapping):
+        return example
+    import pandas as pd
+
+    return pd.DataFrame(example)
 
 
 def example_files(example: Any) -> tuple[str, str, dict[str, str]]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from stage_runtime import http_store, record
-from stage_runtime.pyfunc_folder import NotMirroredError, save_pyfunc_folder
+from stage_runtime.pyfunc_folder import NotMirroredError, mlflow_example, save_pyfunc_folder
 from stage_runtime.sqlite_client import SqliteClient
 from stage_runtime.sqlite_store import DirectStore, create_store, http_source
 from stages.common import (
@@ -451,14 +451,10 @@ class StageRun:
             except NotMirroredError as exc:
                 log.info("model folder written by MLflow: %s", exc)
                 import mlflow
-                import pandas as pd
                 from mlflow.models import ModelSignature
 
                 signature = ModelSignature.from_dict(spec["signature"])
-                # A mapping of columns is, for MLflow, a dict of tensors: the table is a frame.
-                example = arguments["input_example"]
-                if isinstance(example, Mapping):
-                    arguments["input_example"] = pd.DataFrame(example)
+                arguments["input_example"] = mlflow_example(arguments["input_example"])
                 mlflow.pyfunc.save_model(path=str(saved), signature=signature, **arguments)
             self.client.log_artifacts(self.run_id, str(saved), "model")
         self._model_uri = f"runs:/{self.run_id}/model"

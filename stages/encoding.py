@@ -150,7 +150,9 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> dict[str, np
 
 
 def concat_tables(tables: Sequence[Table]) -> dict[str, np.ndarray]:
-    """Tables of the same columns, one after another."""
+    """Tables of the same columns, one after another (one table: its columns, not a copy)."""
+    if len(tables) == 1:
+        return {name: np.asarray(column) for name, column in tables[0].items()}
     return {name: np.concatenate([np.asarray(t[name]) for t in tables]) for name in tables[0]}
 
 

@@ -37,7 +37,7 @@ from stages.request import example_request
 
 log = logging.getLogger("stages.features")
 EXAMPLE_TRIPS = 5  # real training trips, logged with the model as its input example
-ZONE_COLUMNS = ("LocationID", "Borough")
+LOOKUP_COLUMNS = ("LocationID", "Borough")  # the zone lookup's columns this stage reads
 # A borough the lookup leaves blank or marks missing (zone 265 has "N/A") is "Unknown", as the
 # lookup's own zone 264 is: the strings pandas' read_csv reads as missing, which this stage
 # used before it read the CSV itself.
@@ -56,7 +56,7 @@ def read_zones(path: Path) -> dict[str, np.ndarray]:
             rows, header = list(reader), reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise BadInputError(f"{path}: cannot read the zone lookup: {exc}") from None
-    missing = [c for c in ZONE_COLUMNS if c not in header]
+    missing = [c for c in LOOKUP_COLUMNS if c not in header]
     if missing:
         raise BadInputError(f"{path}: zone lookup without column(s) {', '.join(missing)}")
     if not rows:
@@ -67,8 +67,10 @@ def read_zones(path: Path) -> dict[str, np.ndarray]:
         raise BadInputError(
             f"{path}: column LocationID: expected integer zone ids ({exc})"
         ) from None
-    boroughs = [row["Borough"] or "" for row in rows]
-    boroughs = [UNKNOWN_BOROUGH if b in MISSING_BOROUGH else b for b in boroughs]
+    boroughs = [
+        UNKNOWN_BOROUGH if (row["Borough"] or "") in MISSING_BOROUGH else row["Borough"]
+        for row in rows
+    ]
     return {"LocationID": ids, "Borough": np.array(boroughs, dtype=object)}
 
 
@@ -86,11 +88,12 @@ def fit_encoders(
     else:
         keys, counts = np.unique(pair_keys, return_counts=True)
         frequent = keys[counts >= params.min_pair_count]
-    order = np.argsort(np.asarray(zones["LocationID"]), kind="stable")
-    zone_boroughs = [str(b) for b in np.asarray(zones["Borough"], dtype=object)[order]]
+    zone_ids = np.asarray(zones["LocationID"], dtype=np.int64)
+    order = np.argsort(zone_ids, kind="stable")
+    zone_boroughs = np.asarray(zones["Borough"], dtype=object)[order].tolist()
     return {
         "pairs": [f"{k // PAIR_BASE}-{k % PAIR_BASE}" for k in frequent.tolist()],
-        "zones": np.asarray(zones["LocationID"], dtype=np.int64)[order].tolist(),
+        "zones": zone_ids[order].tolist(),
         "zone_borough": zone_boroughs,
         "boroughs": sorted(set(zone_boroughs)),
         "clip_distance_miles": params.clip_distance_miles,

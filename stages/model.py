@@ -86,10 +86,16 @@ def _rows(features: Table, lo: int, hi: int) -> dict[str, np.ndarray]:
 
 def _block_codes(features: Table) -> list[np.ndarray]:
     """Each one-hot block's code per trip (linear_blocks' order)."""
-    pair, pickup, dropoff, weekday = (
-        np.asarray(features[c], dtype=np.int64) for c in LINEAR_COLUMNS[:4]
-    )
-    return [pair, pickup, dropoff, weekday * 24 + np.asarray(features["hour"])]
+
+    def codes(name: str) -> np.ndarray:
+        return np.asarray(features[name], dtype=np.int64)
+
+    return [
+        codes("pair_code"),
+        codes("pickup_zone_code"),
+        codes("dropoff_zone_code"),
+        codes("weekday") * 24 + np.asarray(features["hour"]),
+    ]
 
 
 def _numeric_columns(features: Table) -> list[np.ndarray]:

@@ -15,7 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from stage_runtime.pyfunc_folder import NotMirroredError, example_files, save_pyfunc_folder
+from stage_runtime.pyfunc_folder import (
+    NotMirroredError,
+    example_files,
+    mlflow_example,
+    save_pyfunc_folder,
+)
 from stage_runtime.tracking import MODEL_CODE, MODEL_REQUIREMENTS, PYFUNC_MODEL
 from stages import model as models
 from stages import request
@@ -67,7 +72,7 @@ def mlflow_save(path: Path, args: dict) -> None:
     import mlflow
 
     # train hands the example in as columns; MLflow takes a table as a DataFrame.
-    frame = pd.DataFrame(args["input_example"])
+    frame = mlflow_example(args["input_example"])
     mlflow.pyfunc.save_model(
         path=str(path), signature=request.signature(), **args | {"input_example": frame}
     )
