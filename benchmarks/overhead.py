@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from itertools import cycle, islice
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,9 @@ def dvc_overhead(workdir: Path, tlc_source: Path) -> dict[str, Any]:
         "noop_output": proc.stdout.strip().splitlines()[-1:],
     }
     result["mlflow"] = mlflow_seconds(env["MLFLOW_TRACKING_URI"])
-    result["run_cache"] = back_to_earlier_params(repo, env)
-    result["run_cache"]["dvc_floor"] = back_to_earlier_params(dvc_floor_project(workdir, env), env)
+    floor = dvc_floor_project(workdir, env)
+    returns = back_to_earlier_params({"pipeline": repo, "floor": floor}, env)
+    result["run_cache"] = returns["pipeline"] | {"dvc_floor": returns["floor"]}
     return result
 
 
@@ -181,24 +183,46 @@ def dvc_floor_project(workdir: Path, env: dict[str, str]) -> Path:
     return repo
 
 
-def back_to_earlier_params(repo: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Issue 13, target 2: `dvc exp run -S model.alpha=0.05` (trains), then back to the
-    built params (`model.alpha=1.0`: DVC's run-cache restores train and evaluate), then
-    `dvc exp apply` of the first experiment (a checkout from the cache)."""
-    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "built"]):
-        subprocess.run(cmd, cwd=repo, env=env, capture_output=True, check=True)
-    new, _ = timed(["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "alpha-005"], repo, env)
-    back, proc = timed(["dvc", "exp", "run", "-S", "model.alpha=1.0", "-n", "alpha-1"], repo, env)
-    restored = sorted(set(re.findall(r"Stage '([^']+)' is cached", proc.stdout + proc.stderr)))
-    ran = sorted(set(re.findall(r"Running stage '([^']+)'", proc.stdout + proc.stderr)))
-    apply, _ = timed(["dvc", "exp", "apply", "alpha-005"], repo, env)
-    return {
-        "new_params_seconds": round(new, 3),
-        "earlier_params_seconds": round(back, 3),
-        "restored_from_run_cache": restored,
-        "ran": ran,
-        "exp_apply_seconds": round(apply, 3),
-    }
+# Target 2's figure is the median of several returns: one `dvc exp run` that restores from the
+# run-cache took 3.04 and 4.43 s in two benches of the same code at the same machine speed, and
+# 2.75-4.86 s within one minute (FINDINGS). Each return is timed once, as a user runs it.
+RUN_CACHE_RETURNS = 6
+
+
+def back_to_earlier_params(
+    repos: Mapping[str, Path], env: dict[str, str], returns: int = RUN_CACHE_RETURNS
+) -> dict[str, dict[str, Any]]:
+    """Issue 13, target 2, in each project of `repos` (the pipeline, DVC's floor project):
+    `dvc exp run -S model.alpha=0.05` (trains), then `returns` runs alternating the built
+    params (`model.alpha=1.0`) and 0.05, each an earlier param set that DVC's run-cache
+    restores, then `dvc exp apply` of the first experiment (a checkout from the cache).
+
+    The projects take turns run by run, so a slow minute of the machine falls on both."""
+    for repo in repos.values():
+        for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "built"]):
+            subprocess.run(cmd, cwd=repo, env=env, capture_output=True, check=True)
+    result: dict[str, dict[str, Any]] = {name: {"returns_seconds": []} for name in repos}
+    for name, repo in repos.items():
+        first = ["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "alpha-005"]
+        new, _ = timed(first, repo, env)
+        result[name].update(new_params_seconds=round(new, 3), restored=set(), ran=set())
+    for alpha in islice(cycle(("1.0", "0.05")), returns):
+        for name, repo in repos.items():
+            seconds, proc = timed(["dvc", "exp", "run", "-S", f"model.alpha={alpha}"], repo, env)
+            log = proc.stdout + proc.stderr
+            result[name]["returns_seconds"].append(round(seconds, 3))
+            result[name]["restored"].update(re.findall(r"Stage '([^']+)' is cached", log))
+            result[name]["ran"].update(re.findall(r"Running stage '([^']+)'", log))
+    for name, repo in repos.items():
+        apply, _ = timed(["dvc", "exp", "apply", "alpha-005"], repo, env)
+        runs = result[name]
+        runs.update(
+            earlier_params_seconds=round(statistics.median(runs["returns_seconds"]), 3),
+            restored_from_run_cache=sorted(runs.pop("restored")),
+            ran=sorted(runs.pop("ran")),
+            exp_apply_seconds=round(apply, 3),
+        )
+    return result
 
 
 FLOW_COMMAND = [sys.executable, "-m", "flows.pipeline"]

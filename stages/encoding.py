@@ -87,15 +87,15 @@ def column_array(column: Any) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
+    if not _numbers_or_times(kind):
+        raise TypeError(f"column_array: {kind} is neither a number nor a timestamp")
     if pa.types.is_timestamp(kind):
         dtype, stored = np.dtype(f"datetime64[{kind.unit}]"), np.dtype(np.int64)
     elif pa.types.is_floating(kind):
         dtype = stored = np.dtype(f"f{kind.bit_width // 8}")
-    elif pa.types.is_integer(kind):
+    else:
         sign = "i" if pa.types.is_signed_integer(kind) else "u"
         dtype = stored = np.dtype(f"{sign}{kind.bit_width // 8}")
-    else:
-        raise TypeError(f"column_array: {kind} is neither a number nor a timestamp")
     validity, data = column.buffers()[:2]
     values = np.frombuffer(
         data, dtype=stored, count=len(column), offset=column.offset * stored.itemsize
@@ -124,18 +124,10 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> dict[str, np
     """A parquet file's columns (all, or `columns`, each required) as numpy arrays
     (column_array: nulls as NaN or NaT); BadInputError naming the file, and the column, when
     it is not a parquet file, lacks a column or has one that is not numbers or times."""
-    import pyarrow.parquet as pq
-
+    parquet = _open_parquet(path, columns or ())
     try:
-        # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas.
-        parquet = pq.ParquetFile(path)
-        missing = [c for c in columns or () if c not in parquet.schema_arrow.names]
-        if missing:
-            raise BadInputError(f"{path}: no column(s) {', '.join(missing)}")
         table = parquet.read(columns=None if columns is None else list(columns))
     except (OSError, ValueError) as exc:
-        if isinstance(exc, BadInputError):
-            raise
         raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
     arrays = {}
     for name in table.column_names:
@@ -143,10 +135,44 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> dict[str, np
         try:
             arrays[name] = column_array(column)
         except TypeError:
-            raise BadInputError(
-                f"{path}: column {name}: expected numbers or timestamps, got {column.type}"
-            ) from None
+            raise BadInputError(_not_numbers(path, name, column.type)) from None
     return arrays
+
+
+def count_rows(path: Path, columns: Sequence[str]) -> int:
+    """The rows of a parquet file, from its footer (no column is read), after the checks
+    read_table makes of `columns`: for a process that hands the file to others to read."""
+    parquet = _open_parquet(path, columns)
+    for name in columns:
+        kind = parquet.schema_arrow.field(name).type
+        if not _numbers_or_times(kind):
+            raise BadInputError(_not_numbers(path, name, kind))
+    return parquet.metadata.num_rows
+
+
+def _open_parquet(path: Path, columns: Sequence[str]) -> Any:
+    """The file's pq.ParquetFile, which has every one of `columns`, or BadInputError."""
+    import pyarrow.parquet as pq
+
+    try:
+        # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas.
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
+    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+    if missing:
+        raise BadInputError(f"{path}: no column(s) {', '.join(missing)}")
+    return parquet
+
+
+def _numbers_or_times(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_timestamp(kind) or pa.types.is_floating(kind) or pa.types.is_integer(kind)
+
+
+def _not_numbers(path: Path, column: str, kind: Any) -> str:
+    return f"{path}: column {column}: expected numbers or timestamps, got {kind}"
 
 
 def concat_tables(tables: Sequence[Table]) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from stage_runtime.tracking import StageRun, model_lineage, reconcile_orphans, s
 from stages import model as models
 from stages import request
 from stages.common import load_params, read_json, run_stage, write_json
-from stages.encoding import FEATURE_COLUMNS, n_rows, read_table
+from stages.encoding import FEATURE_COLUMNS, count_rows, n_rows, read_table
 
 log = logging.getLogger("stages.train")
 
@@ -33,17 +33,21 @@ def main(argv: list[str] | None) -> None:
     base, model_params = params["base"], params["model"]
     inputs = [args.features, args.encoders, args.example]
     with stage_run("train", params, inputs=inputs, client=True) as run:
-        features = read_table(args.features, FEATURE_COLUMNS)
         encoders = read_json(args.encoders)
-        started = time.perf_counter()
         if model_params.type == "xgboost" and model_params.xgboost.cluster != "none":
             from stages import cluster
 
+            # The workers read the feature file as partitions; this process only counts it.
+            rows = count_rows(args.features, FEATURE_COLUMNS)
+            started = time.perf_counter()
             model, train_rmse = cluster.fit_on_cluster(
                 args.features, model_params, seed=base.seed, threads=base.threads
             )
             fit_seconds = time.perf_counter() - started
         else:
+            features = read_table(args.features, FEATURE_COLUMNS)
+            rows = n_rows(features)
+            started = time.perf_counter()
             model = models.fit(
                 features, encoders, model_params, seed=base.seed, threads=base.threads
             )
@@ -52,7 +56,7 @@ def main(argv: list[str] | None) -> None:
             train_rmse = float(np.sqrt(np.mean((predicted - features[models.TARGET]) ** 2)))
         metrics = {
             "model_type": model_params.type,
-            "train_rows": n_rows(features),
+            "train_rows": rows,
             "train_rmse": round(train_rmse, 6),
         }
         models.save(model, run.output(args.model))
@@ -74,7 +78,7 @@ def main(argv: list[str] | None) -> None:
             example=example,
         )
         run.after_commit(lambda: _mark_challenger(run, model_params.registered_name))
-    log.info("%s fitted on %d trips in %.2f s", model_params.type, n_rows(features), fit_seconds)
+    log.info("%s fitted on %d trips in %.2f s", model_params.type, rows, fit_seconds)
 
 
 def _mark_challenger(run: StageRun, name: str) -> None:

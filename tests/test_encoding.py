@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages.common import BadInputError
-from stages.encoding import FEATURE_DTYPES, concat_tables, n_rows, read_table, write_table
+from stages.encoding import (
+    FEATURE_DTYPES,
+    concat_tables,
+    count_rows,
+    n_rows,
+    read_table,
+    write_table,
+)
 from tests.conftest import ROOT, assert_tables_equal, encoded_months
 
 
@@ -34,18 +41,28 @@ def test_a_table_round_trips_through_parquet_with_its_dtypes(features, tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["train.parquet"]  # no temporary left
 
 
-def test_a_bad_table_file_is_refused_naming_the_file_and_column(features, tmp_path: Path):
+@pytest.mark.parametrize("reader", [read_table, count_rows], ids=["read_table", "count_rows"])
+def test_a_bad_table_file_is_refused_naming_the_file_and_column(reader, features, tmp_path: Path):
     write_table(features, tmp_path / "train.parquet")
     with pytest.raises(BadInputError, match=r"train\.parquet: no column\(s\) nope"):
-        read_table(tmp_path / "train.parquet", ["hour", "nope"])
+        reader(tmp_path / "train.parquet", ["hour", "nope"])
     (tmp_path / "text.parquet").write_text("pair_code,hour\n1,2\n")
     with pytest.raises(BadInputError, match=r"text\.parquet: not a readable parquet file"):
-        read_table(tmp_path / "text.parquet")
+        reader(tmp_path / "text.parquet", ["hour"])
     import pyarrow as pa
 
     pq.write_table(pa.table({"hour": ["eight"]}), tmp_path / "strings.parquet")
     with pytest.raises(BadInputError, match=r"strings\.parquet: column hour: expected numbers"):
-        read_table(tmp_path / "strings.parquet")
+        reader(tmp_path / "strings.parquet", ["hour"])
+
+
+def test_count_rows_reads_the_footer_of_the_file_train_hands_to_the_dask_workers(
+    features, tmp_path: Path
+):
+    path = tmp_path / "train.parquet"
+    write_table(features, path)
+    assert count_rows(path, ["hour", "trip_distance"]) == n_rows(features) > 1000
+    assert count_rows(path, []) == n_rows(features)
 
 
 def test_rows_and_concatenation_of_dicts_and_frames(features):
