@@ -112,10 +112,11 @@ def console_without_tracebacks() -> None:
 
 
 def _quiet_prefect_console() -> None:
-    from prefect.logging.configuration import setup_logging
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    setup_logging()
+    # Importing Prefect's flow sets its logging up; a second setup_logging took 0.1-0.2 s.
+    ensure_logging_setup()
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler) and not isinstance(

@@ -101,8 +101,10 @@ write_table(encode(train, encoders), out / "train.parquet")
 write_table(encode(read_split([clean["2025-02"]]), encoders), out / "validation.parquet")
 write_table(example_request(train, 5), out / "example.parquet")
 example_files(read_table(out / "example.parquet"))
-for kind in ("ridge", "lasso"):  # xgboost imports pandas itself
-    params = dataclasses.replace(project_section("model"), type=kind, alpha=0.05)
+model_params = project_section("model")
+for kind in ("ridge", "lasso", "xgboost"):
+    params = dataclasses.replace(model_params, type=kind, alpha=0.05,
+                                 xgboost=dataclasses.replace(model_params.xgboost, n_rounds=5))
     model = m.fit(read_table(out / "train.parquet"), encoders, params, seed=42, threads=1)
     validation = read_table(out / "validation.parquet")
     predicted = m.predict(model, validation, encoders, 1)
@@ -114,9 +116,9 @@ print("pandas" in sys.modules)
 
 def test_the_stages_that_train_and_evaluate_run_without_pandas(small_tlc: Path, tmp_path: Path):
     """pandas' import is 0.3 s of each stage process on this machine (FINDINGS, issue 13
-    target 1): features, train and evaluate of a linear model read, encode, fit, score and
-    write without it. pyarrow imports it behind some calls (pa.table, pa.array, pq.read_table),
-    hence this test; xgboost imports it with itself."""
+    target 1): features, train and evaluate read, encode, fit, score and write without it.
+    pyarrow imports it behind some calls (pa.table, pa.array, pq.read_table), and xgboost
+    with scikit-learn (stages.model.import_xgboost keeps that out), hence this test."""
     proc = subprocess.run(
         [sys.executable, "-c", STAGE_PATHS, str(small_tlc), str(tmp_path)],
         cwd=ROOT,

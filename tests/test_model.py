@@ -222,3 +222,45 @@ def test_preconditioned_cg_solves_and_reports_non_convergence() -> None:
     assert not converged
     zero, converged = m.preconditioned_cg(lambda v: system @ v, 0 * b, inverse_diagonal, 1e-12, 5)
     assert converged and not zero.any()
+
+
+# An XGBoost fit in a fresh process, scikit-learn imported first ("with") or not.
+XGB_FIT_IN_A_PROCESS = """
+import hashlib, sys
+from pathlib import Path
+if sys.argv[3] == "with":
+    import sklearn
+from stages import model as m
+from stages.common import parse_section
+from tests.conftest import PROJECT_PARAMS, encoded_months
+m.import_xgboost()
+loaded = {name: name in sys.modules for name in ("sklearn", "pandas")}
+encoders, (train,) = encoded_months(Path(sys.argv[1]), "2025-01")
+raw = PROJECT_PARAMS["model"] | {"type": "xgboost"}
+params = parse_section("model", raw | {"xgboost": raw["xgboost"] | {"n_rounds": 20}})
+path = Path(sys.argv[2]) / f"{sys.argv[3]}.json"
+m.save(m.fit(train, encoders, params, seed=42, threads=2), path)
+import sklearn.base  # importable after xgboost, whether it was hidden or not
+print(loaded["sklearn"], loaded["pandas"], hashlib.md5(path.read_bytes()).hexdigest())
+"""
+
+
+def test_xgboost_loads_without_scikit_learn_and_fits_the_same_trees(
+    small_tlc: Path, tmp_path: Path
+):
+    """import_xgboost keeps scikit-learn (and pandas with it) out of a process that has not
+    imported it: 2 s of every XGBoost process. The model file is the same bytes as with it."""
+    answers = {}
+    for case in ("with", "without"):
+        proc = subprocess.run(
+            [sys.executable, "-c", XGB_FIT_IN_A_PROCESS, str(small_tlc), str(tmp_path), case],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        answers[case] = proc.stdout.split()
+    assert answers["with"][0] == "True"
+    assert answers["without"][:2] == ["False", "False"]
+    assert answers["with"][2] == answers["without"][2]
