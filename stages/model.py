@@ -366,7 +366,8 @@ def import_xgboost() -> Any:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     hide = "sklearn" not in sys.modules and "xgboost" not in sys.modules
     if hide:
-        sys.modules["sklearn"] = None  # type: ignore[assignment]  # import sklearn: ImportError
+        # A None entry makes `import sklearn` raise ImportError; xgboost catches it.
+        sys.modules["sklearn"] = None  # type: ignore[assignment]
     try:
         import xgboost
     finally:
