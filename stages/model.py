@@ -362,6 +362,9 @@ def import_xgboost() -> Any:
     2.7 s against 0.6 s on this machine (FINDINGS). So scikit-learn is hidden while xgboost
     loads, unless the process imported it already; xgboost then defines its estimators
     without scikit-learn's base classes, and `import sklearn` works as before afterwards.
+    The hiding is process-wide for the moment of the import: a thread importing scikit-learn
+    in that moment would get ImportError. No project thread does (MLflow's client, opened in a
+    thread beside train and evaluate, does not import it).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     hide = "sklearn" not in sys.modules and "xgboost" not in sys.modules
