@@ -202,24 +202,24 @@ def back_to_earlier_params(
         for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "built"]):
             subprocess.run(cmd, cwd=repo, env=env, capture_output=True, check=True)
     result: dict[str, dict[str, Any]] = {name: {"returns_seconds": []} for name in repos}
+    restored: dict[str, set[str]] = {name: set() for name in repos}
+    ran: dict[str, set[str]] = {name: set() for name in repos}
     for name, repo in repos.items():
         first = ["dvc", "exp", "run", "-S", "model.alpha=0.05", "-n", "alpha-005"]
-        new, _ = timed(first, repo, env)
-        result[name].update(new_params_seconds=round(new, 3), restored=set(), ran=set())
+        result[name]["new_params_seconds"] = round(timed(first, repo, env)[0], 3)
     for alpha in islice(cycle(("1.0", "0.05")), returns):
         for name, repo in repos.items():
             seconds, proc = timed(["dvc", "exp", "run", "-S", f"model.alpha={alpha}"], repo, env)
             log = proc.stdout + proc.stderr
             result[name]["returns_seconds"].append(round(seconds, 3))
-            result[name]["restored"].update(re.findall(r"Stage '([^']+)' is cached", log))
-            result[name]["ran"].update(re.findall(r"Running stage '([^']+)'", log))
+            restored[name].update(re.findall(r"Stage '([^']+)' is cached", log))
+            ran[name].update(re.findall(r"Running stage '([^']+)'", log))
     for name, repo in repos.items():
         apply, _ = timed(["dvc", "exp", "apply", "alpha-005"], repo, env)
-        runs = result[name]
-        runs.update(
-            earlier_params_seconds=round(statistics.median(runs["returns_seconds"]), 3),
-            restored_from_run_cache=sorted(runs.pop("restored")),
-            ran=sorted(runs.pop("ran")),
+        result[name].update(
+            earlier_params_seconds=round(statistics.median(result[name]["returns_seconds"]), 3),
+            restored_from_run_cache=sorted(restored[name]),
+            ran=sorted(ran[name]),
             exp_apply_seconds=round(apply, 3),
         )
     return result

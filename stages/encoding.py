@@ -124,55 +124,52 @@ def read_table(path: Path, columns: Sequence[str] | None = None) -> dict[str, np
     """A parquet file's columns (all, or `columns`, each required) as numpy arrays
     (column_array: nulls as NaN or NaT); BadInputError naming the file, and the column, when
     it is not a parquet file, lacks a column or has one that is not numbers or times."""
-    parquet = _open_parquet(path, columns or ())
+    parquet = _checked_parquet(path, columns)
     try:
         table = parquet.read(columns=None if columns is None else list(columns))
     except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
-    arrays = {}
-    for name in table.column_names:
-        column = table.column(name)
-        try:
-            arrays[name] = column_array(column)
-        except TypeError:
-            raise BadInputError(_not_numbers(path, name, column.type)) from None
-    return arrays
+        raise BadInputError(_not_parquet(path, exc)) from None
+    return {name: column_array(table.column(name)) for name in table.column_names}
 
 
 def count_rows(path: Path, columns: Sequence[str]) -> int:
     """The rows of a parquet file, from its footer (no column is read), after the checks
     read_table makes of `columns`: for a process that hands the file to others to read."""
-    parquet = _open_parquet(path, columns)
-    for name in columns:
-        kind = parquet.schema_arrow.field(name).type
-        if not _numbers_or_times(kind):
-            raise BadInputError(_not_numbers(path, name, kind))
-    return parquet.metadata.num_rows
+    return _checked_parquet(path, columns).metadata.num_rows
 
 
-def _open_parquet(path: Path, columns: Sequence[str]) -> Any:
-    """The file's pq.ParquetFile, which has every one of `columns`, or BadInputError."""
+def _checked_parquet(path: Path, columns: Sequence[str] | None) -> Any:
+    """The file's pq.ParquetFile, whose schema has every one of `columns` (all of its columns
+    when None) as numbers or times; BadInputError naming the file and column otherwise."""
     import pyarrow.parquet as pq
 
     try:
         # ParquetFile, not pq.read_table: that goes through pyarrow.dataset, which imports pandas.
         parquet = pq.ParquetFile(path)
     except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a readable parquet file: {exc}") from None
-    missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        raise BadInputError(_not_parquet(path, exc)) from None
+    schema = parquet.schema_arrow
+    missing = [c for c in columns or () if c not in schema.names]
     if missing:
         raise BadInputError(f"{path}: no column(s) {', '.join(missing)}")
+    for name in schema.names if columns is None else columns:
+        kind = schema.field(name).type
+        if not _numbers_or_times(kind):
+            raise BadInputError(
+                f"{path}: column {name}: expected numbers or timestamps, got {kind}"
+            )
     return parquet
 
 
 def _numbers_or_times(kind: Any) -> bool:
+    """The arrow types column_array reads."""
     import pyarrow as pa
 
     return pa.types.is_timestamp(kind) or pa.types.is_floating(kind) or pa.types.is_integer(kind)
 
 
-def _not_numbers(path: Path, column: str, kind: Any) -> str:
-    return f"{path}: column {column}: expected numbers or timestamps, got {kind}"
+def _not_parquet(path: Path, exc: BaseException) -> str:
+    return f"{path}: not a readable parquet file: {exc}"
 
 
 def concat_tables(tables: Sequence[Table]) -> dict[str, np.ndarray]:
