@@ -603,7 +603,9 @@ def test_interrupts_and_a_second_run_never_leave_wrong_data(built: Path, tmp_pat
         assert "up to date" in run(["dvc", "status"], project).stdout
 
     # Two runs at once: the second is refused at once, naming the first; the first's
-    # experiment holds its own params.
+    # experiment holds its own params. The first is suspended (Ctrl-Z in its terminal) while
+    # the second starts: a second run takes seconds to start, and the first, on the small
+    # months, may finish within them and free the workspace (it did, once in CI).
     first = subprocess.Popen(
         [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.3", "--name", "a03"],
         cwd=project,
@@ -611,15 +613,21 @@ def test_interrupts_and_a_second_run_never_leave_wrong_data(built: Path, tmp_pat
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     lock_file = project / ".dvc" / "tmp" / "taxi-pipeline-run.lock"
     _wait_for(lambda: lock_file.is_file() and lock_file.read_text(), 240, "the first run")
-    second = run(
-        [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.7", "--name", "a07"],
-        project,
-        env,
-        check=False,
-    )
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        assert f"pid {first.pid}:" in lock_file.read_text()  # still held by the first
+        second = run(
+            [sys.executable, "-m", "flows.pipeline", "--set", "model.alpha=0.7", "--name", "a07"],
+            project,
+            env,
+            check=False,
+        )
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode != 0
     assert "in use by another pipeline run" in second.stderr, second.stderr
     _, first_err = first.communicate(timeout=300)
