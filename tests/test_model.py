@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_linear_design_shape_nnz_and_int32(data):
     for lo, hi in zip(offsets[:-1], offsets[1:], strict=True):
         assert (dense_blocks[:, lo:hi].sum(axis=1) == 1).all()
     np.testing.assert_array_equal(X[:, -2].toarray().ravel(), train["trip_distance"])
-    np.testing.assert_allclose(X[:, -1].toarray().ravel(), np.log1p(train["trip_distance"]))
+    np.testing.assert_array_equal(X[:, -1].toarray().ravel(), m.log1p(train["trip_distance"]))
 
 
 @pytest.mark.parametrize("kind", ["ridge", "lasso", "xgboost"])
@@ -174,13 +175,16 @@ for kind, alpha in (("ridge", 1.0), ("lasso", 0.05)):
     print(kind, hashlib.md5(path.read_bytes()).hexdigest())
 """
 # What a teammate's x86-64 CPU may run, forced on this one: OpenBLAS's kernels for an older
-# CPU family (OPENBLAS_CORETYPE), numpy's loops without AVX2/FMA (X86_V3) and threads.
+# CPU family (OPENBLAS_CORETYPE), numpy's baseline loops (SSE4.2: neither AVX2/FMA nor
+# AVX-512; numpy accepts disabling what this CPU lacks) and threads. Disabling X86_V3 alone
+# left numpy's AVX-512 loops on, where a CPU has them.
+NUMPY_BASELINE_ONLY = {"NPY_DISABLE_CPU_FEATURES": "X86_V3,X86_V4,AVX512_ICL,AVX512_SPR"}
 OTHER_CPUS = {
     "this machine": {},
     "Sandybridge kernels (AVX, no AVX2)": {"OPENBLAS_CORETYPE": "Sandybridge"},
-    "Prescott kernels (SSE3), numpy without AVX2/FMA": {
+    "Prescott kernels (SSE3), numpy's baseline loops": {
         "OPENBLAS_CORETYPE": "Prescott",
-        "NPY_DISABLE_CPU_FEATURES": "X86_V3",
+        **NUMPY_BASELINE_ONLY,
     },
     "one BLAS thread": {"OPENBLAS_NUM_THREADS": "1"},
 }
@@ -189,7 +193,8 @@ OTHER_CPUS = {
 def test_linear_models_are_byte_identical_on_other_cpu_kernels(small_tlc: Path, tmp_path: Path):
     """The ridge and lasso files do not depend on the CPU's BLAS or SIMD kernels: a teammate
     who reproduces a model from its data gets the same bytes, not only the same metrics (the
-    sums behind them are numpy's pairwise sums, in one order on every CPU, not BLAS's)."""
+    sums behind them are numpy's pairwise sums, in one order on every CPU, not BLAS's; the
+    log distance is `m.log1p`, not numpy's SIMD log1p)."""
     digests = {}
     for cpu, env in OTHER_CPUS.items():
         out = tmp_path / str(len(digests))
@@ -205,6 +210,59 @@ def test_linear_models_are_byte_identical_on_other_cpu_kernels(small_tlc: Path, 
         assert proc.returncode == 0, proc.stderr[-2000:]
         digests[cpu] = proc.stdout.split()
     assert len({tuple(d) for d in digests.values()}) == 1, digests
+
+
+LOG1P_IN_A_PROCESS = """
+import hashlib, sys
+import numpy as np
+from stages import model as m
+print(hashlib.md5(m.log1p(np.load(sys.argv[1])).tobytes()).hexdigest())
+"""
+
+
+def test_log1p_is_the_c_librarys_within_an_ulp_and_the_same_bits_on_numpys_other_loops(
+    small_tlc: Path, tmp_path: Path
+) -> None:
+    import math
+
+    import pyarrow.parquet as pq
+
+    distances = pq.read_table(
+        small_tlc / "green_tripdata_2025-01.parquet", columns=["trip_distance"]
+    ).column(0)
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            np.asarray(distances.drop_null(), dtype=np.float64),  # real ones, some 0 or huge
+            rng.uniform(0, 1e-3, 20_000),
+            np.ldexp(rng.uniform(0.5, 1, 20_000), rng.integers(-1000, 1000, 20_000)),
+            rng.uniform(-0.999, 0, 20_000),
+            [np.nextafter(-1.0, 0.0), 5e-324, 1e308],
+        ]
+    )
+    ours = m.log1p(values)
+    c_library = np.array([math.log1p(v) for v in values])
+    np.testing.assert_array_max_ulp(ours, c_library, maxulp=1)
+    assert np.mean(ours == c_library) > 0.9
+    special = m.log1p(np.array([0.0, -0.0, np.inf, -1.0, -2.0, np.nan]))
+    np.testing.assert_array_equal(special, [0.0, -0.0, np.inf, -np.inf, np.nan, np.nan])
+    assert np.signbit(special[1]) and not np.signbit(special[0])
+    pairs = values[: len(values) // 2 * 2].reshape(-1, 2)
+    np.testing.assert_array_equal(m.log1p(pairs), m.log1p(pairs.ravel()).reshape(-1, 2))
+
+    np.save(tmp_path / "values.npy", values)
+    digests = set()
+    for env in ({}, NUMPY_BASELINE_ONLY):
+        proc = subprocess.run(
+            [sys.executable, "-c", LOG1P_IN_A_PROCESS, str(tmp_path / "values.npy")],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        digests.add(proc.stdout.strip())
+    assert digests == {hashlib.md5(ours.tobytes()).hexdigest()}
 
 
 def test_preconditioned_cg_solves_and_reports_non_convergence() -> None:
