@@ -154,9 +154,9 @@ def test_a_stopped_tracking_server_fails_the_stage_fast_and_the_flow_retries(
     assert took < 30, took
     assert not (project / "data" / "raw" / "taxi_zone_lookup.csv").exists()
 
-    # The flow: its first attempt fails the same way; the server comes back once it has (a
+    # The flow: its first stage fails the same way; the server comes back once it has (a
     # fixed wait raced the flow's start: a slow start found the server back already).
-    earlier = set(_task_run_states(env, "ingest_zones"))
+    earlier = _retrying_task_runs(env)
     flow = subprocess.Popen(
         [sys.executable, "-m", "flows.pipeline"],
         cwd=project,
@@ -167,9 +167,9 @@ def test_a_stopped_tracking_server_fails_the_stage_fast_and_the_flow_retries(
     )
     try:
         _wait(
-            lambda: _a_new_run_awaits_retry(_task_run_states(env, "ingest_zones"), earlier),
+            lambda: _retrying_task_runs(env) - earlier,
             120,
-            "the flow's first ingest_zones to fail",
+            "the flow's first stage to fail",
         )
     except BaseException:
         flow.kill()
@@ -297,29 +297,27 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
-def _task_run_states(env: dict[str, str], name: str) -> dict[str, str]:
-    """The task runs called `name` (a stage, "dvc push") on the stack's Prefect server:
-    id -> state name."""
+def _retrying_task_runs(env: dict[str, str], name: str | None = None) -> set[str]:
+    """The ids of the task runs (called `name`, if given: a stage, "dvc push") on the stack's
+    Prefect server that failed once and wait for, or run, a retry."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateName,
+    )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    named = TaskRunFilter(name=TaskRunFilterName(any_=[name]))
+    retrying = TaskRunFilter(
+        state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["AwaitingRetry", "Retrying"])),
+        name=TaskRunFilterName(any_=[name]) if name else None,
+    )
     with (
         temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}),
         get_client(sync_client=True) as client,
     ):
-        runs = client.read_task_runs(task_run_filter=named)
-    return {str(run.id): run.state.name if run.state else "" for run in runs}
-
-
-def _a_new_run_awaits_retry(states: dict[str, str], earlier: set[str]) -> bool:
-    """Whether a task run not in `earlier` failed once and waits for (or is in) its retry."""
-    return any(
-        state in ("AwaitingRetry", "Retrying")
-        for run_id, state in states.items()
-        if run_id not in earlier
-    )
+        return {str(run.id) for run in client.read_task_runs(task_run_filter=retrying)}
 
 
 def test_s3_down_at_the_push_then_back(
@@ -342,16 +340,17 @@ def test_s3_down_at_the_push_then_back(
     record = json.loads((stack.root / "pids" / "seaweedfs.json").read_text())
     os.killpg(record["pid"], 9)
 
-    earlier = set(_task_run_states(env, "dvc push"))
+    earlier = _retrying_task_runs(env, "dvc push")
 
     def restart_after_the_first_push() -> None:
         # The push runs in the flow run's DVC process, not a `dvc push` process of its own:
         # its first failure is the task run waiting for a retry on the Prefect server.
-        def first_failed() -> bool:
-            return _a_new_run_awaits_retry(_task_run_states(env, "dvc push"), earlier)
-
         try:
-            _wait(first_failed, 120, "the flow's first dvc push to fail")
+            _wait(
+                lambda: _retrying_task_runs(env, "dvc push") - earlier,
+                120,
+                "the flow's first dvc push to fail",
+            )
         finally:
             cli(stack.env, "up", timeout=300)  # S3 back even when this test failed
 
