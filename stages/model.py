@@ -161,8 +161,9 @@ def _log1p_block(x: np.ndarray) -> np.ndarray:
         half_f2 = 0.5 * f * f
         log_u = k * _LN2_HI - ((half_f2 - (s * (half_f2 + (t2 + t1)) + k * _LN2_LO)) - f)
         result = np.where(x == 0, x, log_u + err / u)  # log1p(-0.0) is -0.0
-        # inf, -1, below -1 and nan: the values every log1p returns exactly
-        return np.where(finite, result, np.log1p(x))
+        if not finite.all():  # inf, -1, below -1 and nan: what every log1p returns exactly
+            result[~finite] = np.log1p(x[~finite])
+        return result
 
 
 def design(features: Table, encoders: dict) -> Design:

@@ -14,7 +14,7 @@ import pytest
 
 from stages import model as m
 from stages.common import BadInputError, parse_section
-from stages.encoding import n_rows
+from stages.encoding import n_rows, read_table
 from tests.conftest import PROJECT_PARAMS, ROOT, encoded_months
 
 
@@ -159,6 +159,21 @@ def test_linear_predict_is_the_design_product_bit_for_bit(kind, data):
         np.testing.assert_array_equal(predicted, expected)
 
 
+def _output_of(script: str, *args: object, env: dict[str, str] | None = None) -> str:
+    """What `script` prints, run by a fresh Python in the project with `args` (and `env` over
+    this environment); its stderr shown if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
 # A fit on the sampled January, in a fresh process: numpy and OpenBLAS pick their CPU kernels
 # when they load, so each CPU below needs its own process.
 FIT_IN_A_PROCESS = """
@@ -199,16 +214,7 @@ def test_linear_models_are_byte_identical_on_other_cpu_kernels(small_tlc: Path, 
     for cpu, env in OTHER_CPUS.items():
         out = tmp_path / str(len(digests))
         out.mkdir()
-        proc = subprocess.run(
-            [sys.executable, "-c", FIT_IN_A_PROCESS, str(small_tlc), str(out)],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        digests[cpu] = proc.stdout.split()
+        digests[cpu] = _output_of(FIT_IN_A_PROCESS, small_tlc, out, env=env).split()
     assert len({tuple(d) for d in digests.values()}) == 1, digests
 
 
@@ -225,15 +231,12 @@ def test_log1p_is_the_c_librarys_within_an_ulp_and_the_same_bits_on_numpys_other
 ) -> None:
     import math
 
-    import pyarrow.parquet as pq
-
-    distances = pq.read_table(
-        small_tlc / "green_tripdata_2025-01.parquet", columns=["trip_distance"]
-    ).column(0)
+    distances = read_table(small_tlc / "green_tripdata_2025-01.parquet", ["trip_distance"])
+    real = distances["trip_distance"]
     rng = np.random.default_rng(0)
     values = np.concatenate(
         [
-            np.asarray(distances.drop_null(), dtype=np.float64),  # real ones, some 0 or huge
+            real[~np.isnan(real)],  # real ones, some 0 or huge
             rng.uniform(0, 1e-3, 20_000),
             np.ldexp(rng.uniform(0.5, 1, 20_000), rng.integers(-1000, 1000, 20_000)),
             rng.uniform(-0.999, 0, 20_000),
@@ -253,15 +256,7 @@ def test_log1p_is_the_c_librarys_within_an_ulp_and_the_same_bits_on_numpys_other
     np.save(tmp_path / "values.npy", values)
     digests = set()
     for env in ({}, NUMPY_BASELINE_ONLY):
-        proc = subprocess.run(
-            [sys.executable, "-c", LOG1P_IN_A_PROCESS, str(tmp_path / "values.npy")],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        digests.add(proc.stdout.strip())
+        digests.add(_output_of(LOG1P_IN_A_PROCESS, tmp_path / "values.npy", env=env).strip())
     assert digests == {hashlib.md5(ours.tobytes()).hexdigest()}
 
 
@@ -310,15 +305,7 @@ def test_xgboost_loads_without_scikit_learn_and_fits_the_same_trees(
     imported it: 2 s of every XGBoost process. The model file is the same bytes as with it."""
     answers = {}
     for case in ("with", "without"):
-        proc = subprocess.run(
-            [sys.executable, "-c", XGB_FIT_IN_A_PROCESS, str(small_tlc), str(tmp_path), case],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        answers[case] = proc.stdout.split()
+        answers[case] = _output_of(XGB_FIT_IN_A_PROCESS, small_tlc, tmp_path, case).split()
     assert answers["with"][0] == "True"
     assert answers["without"][:2] == ["False", "False"]
     assert answers["with"][2] == answers["without"][2]
